@@ -1,0 +1,1 @@
+"""Kernel backends: Triton kernels (imported only when Triton can run) and the CUDA extension."""

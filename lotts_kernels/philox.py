@@ -1,0 +1,68 @@
+"""Counter-based standard-normal noise, defined once for every implementation.
+
+Element i of a tensor drawn from `seed` uses Philox4x32-10 (Salmon et al., "Parallel random
+numbers: as easy as 1, 2, 3", the generator of cuRAND and Triton) with key
+(seed mod 2^32, seed >> 32 mod 2^32) and counter (i mod 2^32, i >> 32, 0, 0). Its first two
+output words become uniforms in (0, 1) through their top 24 bits, u = (w >> 8 + 0.5) / 2^24, and
+a Box-Muller transform gives eps_i = sqrt(-2 ln u1) * cos(2 pi u2).
+
+The reference here runs on any device with int64 arithmetic; the Triton and CUDA kernels compute
+the same integers, so every implementation draws the same noise up to float rounding of log,
+sqrt and cos. The noise depends only on the seed and the element index, never on launch grids.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+MULTIPLIER_0 = 0xD2511F53
+MULTIPLIER_1 = 0xCD9E8D57
+WEYL_0 = 0x9E3779B9
+WEYL_1 = 0xBB67AE85
+ROUNDS = 10
+MASK32 = 0xFFFFFFFF
+TWO_PI = 2.0 * math.pi
+UNIFORM_SCALE = 1.0 / (1 << 24)
+
+
+def _mul_hi_lo(constant: int, word: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32 bits of constant * word, from 16-bit halves so int64 never overflows."""
+    c_lo, c_hi = constant & 0xFFFF, constant >> 16
+    w_lo, w_hi = word & 0xFFFF, word >> 16
+    lo_lo, hi_lo, lo_hi, hi_hi = c_lo * w_lo, c_hi * w_lo, c_lo * w_hi, c_hi * w_hi
+    middle = (lo_lo >> 16) + (hi_lo & 0xFFFF) + (lo_hi & 0xFFFF)
+    high = hi_hi + (hi_lo >> 16) + (lo_hi >> 16) + (middle >> 16)
+    low = ((middle & 0xFFFF) << 16) | (lo_lo & 0xFFFF)
+    return high, low
+
+
+def philox4x32(counter_lo: torch.Tensor, counter_hi: torch.Tensor, seed: int):
+    """The four 32-bit output words (as int64 tensors) for counters (lo, hi, 0, 0)."""
+    c0, c1 = counter_lo, counter_hi
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0, k1 = seed & MASK32, (seed >> 32) & MASK32
+    for _ in range(ROUNDS):
+        hi0, lo0 = _mul_hi_lo(MULTIPLIER_0, c0)
+        hi1, lo1 = _mul_hi_lo(MULTIPLIER_1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + WEYL_0) & MASK32, (k1 + WEYL_1) & MASK32
+    return c0, c1, c2, c3
+
+
+def uniform_from_word(word: torch.Tensor) -> torch.Tensor:
+    """Map a 32-bit word to a float32 uniform in (0, 1), exactly representable."""
+    return ((word >> 8).float() + 0.5) * UNIFORM_SCALE
+
+
+def normal(seed: int, shape, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Standard-normal float32 tensor of `shape`, element i drawn from (seed, i)."""
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed}")
+    count = math.prod(shape)
+    index = torch.arange(count, dtype=torch.int64, device=device)
+    w0, w1, _, _ = philox4x32(index & MASK32, index >> 32, int(seed))
+    u1, u2 = uniform_from_word(w0), uniform_from_word(w1)
+    eps = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(TWO_PI * u2)
+    return eps.reshape(shape)
