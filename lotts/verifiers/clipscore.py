@@ -1,0 +1,25 @@
+"""CLIPScore: prompt-image agreement of a CLIP model (Hessel et al., 2021).
+
+score = max(100 * cos(image, text), 0), torchmetrics' scaling (the paper's w=2.5 only rescales).
+Weights: any transformers `CLIPModel` folder with its tokenizer, by default the cached
+`openai/clip-vit-large-patch14` (torchmetrics' default).
+"""
+from __future__ import annotations
+
+import torch
+
+from lotts.verifiers._clip import ClipSimilarityVerifier, load_clip_encoder
+from lotts.verifiers._weights import PathLike, WeightSource
+
+SOURCE = WeightSource(
+    verifier="clipscore", what="the CLIP model folder", argument="path",
+    env_var="LOTTS_CLIPSCORE_PATH", kind="dir", repo_ids=("openai/clip-vit-large-patch14",),
+    required=("config.json",), needs_weights=True)
+
+
+def load(*, path: PathLike | None, device: torch.device, dtype: torch.dtype,
+         allow_download: bool, batch_size: int) -> ClipSimilarityVerifier:
+    folder = SOURCE.resolve(path, allow_download)
+    encoder = load_clip_encoder(folder, device, dtype)
+    return ClipSimilarityVerifier("clipscore", encoder, scale=100.0, clamp_at_zero=True,
+                                  batch_size=batch_size)
