@@ -6,6 +6,7 @@ pipelines with the real classes and tiny random weights in well under a second. 
 tokenizer uses the real CLIP BPE vocabulary shipped in ``lotts/assets`` so prompt token
 positions (e.g. of "high-quality") match the real SD/SDXL/FLUX tokenizers exactly.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -202,9 +203,17 @@ def t5_tokenizer(max_length: int = 512):
 # --------------------------------------------------------------------------------------------
 def pipeline_class(kind: str) -> type:
     """The diffusers pipeline class for ``kind`` (for ``from_pretrained`` in tests)."""
-    from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import (
+        FluxPipeline,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
 
-    classes = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline, "flux": FluxPipeline}
+    classes = {
+        "sd": StableDiffusionPipeline,
+        "sdxl": StableDiffusionXLPipeline,
+        "flux": FluxPipeline,
+    }
     if kind not in classes:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     return classes[kind]
@@ -223,16 +232,16 @@ def tiny_call_kwargs(kind: str) -> dict[str, Any]:
 def _vae(kind: str):
     from diffusers import AutoencoderKL
 
-    common: dict[str, Any] = dict(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 32, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=64,
-    )
+    common: dict[str, Any] = {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "block_out_channels": (8, 16, 32, 32),
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "sample_size": 64,
+    }
     if kind == "flux":
         common.update(
             latent_channels=16,
@@ -292,19 +301,19 @@ def _t5_encoder(vocab_size: int):
 def _unet(kind: str):
     from diffusers import UNet2DConditionModel
 
-    config: dict[str, Any] = dict(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=8,
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-    )
+    config: dict[str, Any] = {
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (32, 64),
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "cross_attention_dim": 32,
+        "attention_head_dim": (2, 4),
+        "use_linear_projection": True,
+    }
     if kind == "sdxl":
         config.update(
             cross_attention_dim=64,
@@ -317,7 +326,11 @@ def _unet(kind: str):
 
 
 def _default_scheduler(kind: str):
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+    from diffusers import (
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
+    )
 
     if kind == "sd":  # stabilityai/stable-diffusion-2-1 scheduler_config.json
         return DDIMScheduler(
@@ -354,6 +367,14 @@ def _default_scheduler(kind: str):
     )
 
 
+def _check_scheduler(kind: str, name: str) -> None:
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
+    if (kind == "flux") != (name == "flow-euler"):
+        # FLUX needs flow matching (sigmas + dynamic shift); the UNets need DDPM-style ones.
+        raise ValueError(f"scheduler {name!r} does not fit a {kind!r} pipeline")
+
+
 def _swap_scheduler(kind: str, default, name: str):
     from diffusers import (
         DDIMScheduler,
@@ -363,15 +384,14 @@ def _swap_scheduler(kind: str, default, name: str):
         PNDMScheduler,
     )
 
-    if name not in SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
-    if (kind == "flux") != (name == "flow-euler"):
-        # FLUX needs flow matching (sigmas + dynamic shift); the UNets need DDPM-style ones.
-        raise ValueError(f"scheduler {name!r} does not fit a {kind!r} pipeline")
+    _check_scheduler(kind, name)
     cls, extra = {
         "ddim": (DDIMScheduler, {}),
         "euler": (EulerDiscreteScheduler, {}),
-        "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        "dpm++": (
+            DPMSolverMultistepScheduler,
+            {"algorithm_type": "dpmsolver++", "solver_order": 2},
+        ),
         "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
         "flow-euler": (FlowMatchEulerDiscreteScheduler, {}),
     }[name]
@@ -389,15 +409,19 @@ def build_tiny_pipeline(kind: str, seed: int = 0, scheduler: str | None = None):
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    # Tokenizers first: they use no torch RNG, and training the T5 one outside fork_rng keeps
-    # the RNG-protected region minimal.
+    if scheduler is not None:
+        _check_scheduler(kind, scheduler)
+    # Tokenizers use no RNG; only the weights are built under the forked, seeded RNG.
     tokenizers = {
         "sd": lambda: {"tokenizer": clip_tokenizer(pad_token="!")},
         "sdxl": lambda: {
             "tokenizer": clip_tokenizer(pad_token=_CLIP_EOS),
             "tokenizer_2": clip_tokenizer(pad_token="!"),
         },
-        "flux": lambda: {"tokenizer": clip_tokenizer(pad_token=_CLIP_EOS), "tokenizer_2": t5_tokenizer()},
+        "flux": lambda: {
+            "tokenizer": clip_tokenizer(pad_token=_CLIP_EOS),
+            "tokenizer_2": t5_tokenizer(),
+        },
     }[kind]()
 
     with torch.random.fork_rng(devices=[]):
@@ -405,30 +429,34 @@ def build_tiny_pipeline(kind: str, seed: int = 0, scheduler: str | None = None):
         vae = _vae(kind)
         if kind == "sd":
             # SD 2.x text encoder (OpenCLIP ViT-H) uses gelu; pad "!" = id 0.
-            components = dict(
-                vae=vae,
-                text_encoder=_clip_text_model(False, pad_token_id=0, hidden_act="gelu"),
-                unet=_unet(kind),
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
+            components = {
+                "vae": vae,
+                "text_encoder": _clip_text_model(False, pad_token_id=0, hidden_act="gelu"),
+                "unet": _unet(kind),
+                "safety_checker": None,
+                "feature_extractor": None,
+                "requires_safety_checker": False,
+            }
         elif kind == "sdxl":
-            components = dict(
-                vae=vae,
-                text_encoder=_clip_text_model(False, pad_token_id=49407, hidden_act="quick_gelu"),
-                text_encoder_2=_clip_text_model(True, pad_token_id=0, hidden_act="gelu"),
-                unet=_unet(kind),
-                add_watermarker=False,
-            )
+            components = {
+                "vae": vae,
+                "text_encoder": _clip_text_model(
+                    False, pad_token_id=49407, hidden_act="quick_gelu"
+                ),
+                "text_encoder_2": _clip_text_model(True, pad_token_id=0, hidden_act="gelu"),
+                "unet": _unet(kind),
+                "add_watermarker": False,
+            }
         else:
             from diffusers import FluxTransformer2DModel
 
-            components = dict(
-                vae=vae,
-                text_encoder=_clip_text_model(False, pad_token_id=49407, hidden_act="quick_gelu"),
-                text_encoder_2=_t5_encoder(len(tokenizers["tokenizer_2"])),
-                transformer=FluxTransformer2DModel(
+            components = {
+                "vae": vae,
+                "text_encoder": _clip_text_model(
+                    False, pad_token_id=49407, hidden_act="quick_gelu"
+                ),
+                "text_encoder_2": _t5_encoder(len(tokenizers["tokenizer_2"])),
+                "transformer": FluxTransformer2DModel(
                     patch_size=1,
                     in_channels=64,
                     num_layers=1,
@@ -440,7 +468,7 @@ def build_tiny_pipeline(kind: str, seed: int = 0, scheduler: str | None = None):
                     guidance_embeds=True,
                     axes_dims_rope=(4, 6, 6),
                 ),
-            )
+            }
 
     sched = _default_scheduler(kind)
     if scheduler is not None:

@@ -17,3 +17,86 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# ============================================================================================
+# BEGIN tiny offline pipelines (lotts.testing) -- fixtures: tiny_pipeline_dir, tiny_pipelines,
+# load_tiny_pipeline. Saved once per session per (kind, seed, scheduler), built lazily.
+# ============================================================================================
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+
+class _LazyPipelineDirs(Mapping):
+    """kind -> saved pipeline directory; a kind is built and saved on first access only."""
+
+    def __init__(self, factory: Callable[..., str]) -> None:
+        self._factory = factory
+
+    def __getitem__(self, kind: str) -> str:
+        from lotts.testing import KINDS
+
+        if kind not in KINDS:
+            raise KeyError(kind)
+        return self._factory(kind)
+
+    def __iter__(self) -> Iterator[str]:
+        from lotts.testing import KINDS
+
+        return iter(KINDS)
+
+    def __len__(self) -> int:
+        from lotts.testing import KINDS
+
+        return len(KINDS)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
+    """Factory ``(kind, seed=0, scheduler=None) -> str``: directory of a saved tiny pipeline.
+
+    Load it with ``lotts.testing.pipeline_class(kind).from_pretrained(path,
+    local_files_only=True)`` (or the ``load_tiny_pipeline`` fixture). Never write into it.
+    """
+    from lotts.testing import save_tiny_pipeline
+
+    cache: dict = {}
+
+    def get(kind: str, seed: int = 0, scheduler: str | None = None) -> str:
+        key = (kind, seed, scheduler)
+        if key not in cache:
+            name = f"tiny-{kind}-s{seed}-{scheduler or 'default'}".replace("+", "p")
+            cache[key] = save_tiny_pipeline(
+                kind, tmp_path_factory.mktemp(name), seed=seed, scheduler=scheduler
+            )
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_pipelines(tiny_pipeline_dir: Callable[..., str]) -> Mapping[str, str]:
+    """Lazy mapping ``{"sd" | "sdxl" | "flux": saved directory}`` of default tiny pipelines."""
+    return _LazyPipelineDirs(tiny_pipeline_dir)
+
+
+@pytest.fixture(scope="session")
+def load_tiny_pipeline(tiny_pipeline_dir: Callable[..., str]) -> Callable[..., Any]:
+    """Factory ``(kind, seed=0, scheduler=None)`` -> a *fresh* pipeline loaded from disk.
+
+    Fresh on every call, so a test may patch attention processors or schedulers freely.
+    """
+    from lotts.testing import pipeline_class
+
+    def load(kind: str, seed: int = 0, scheduler: str | None = None) -> Any:
+        path = tiny_pipeline_dir(kind, seed=seed, scheduler=scheduler)
+        pipe = pipeline_class(kind).from_pretrained(path, local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return load
+
+
+# ============================================================================================
+# END tiny offline pipelines
+# ============================================================================================
