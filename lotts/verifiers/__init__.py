@@ -9,12 +9,17 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable
 
 import torch
 
-from lotts.verifiers._base import (BatchedVerifier, CallableVerifier, Verifier, check_scores,
-                                   resolve_device_dtype)
+from lotts.verifiers._base import (
+    BatchedVerifier,
+    CallableVerifier,
+    Verifier,
+    check_scores,
+    resolve_device_dtype,
+)
 from lotts.verifiers._weights import VerifierWeightsNotFoundError
 
 __all__ = ["Verifier", "VerifierWeightsNotFoundError", "available_verifiers", "check_scores",
@@ -31,6 +36,7 @@ _BUILTINS = {
 # File-name hints for a bare path given as the spec (checked in this order).
 _PATH_HINTS = (("imagereward", "image-reward"), ("hps", "hpsv2"), ("pickscore", "pickscore"),
                ("aesthetic", "aesthetic"), ("sac+logos", "aesthetic"), ("ava+logos", "aesthetic"))
+_CHECKPOINTS = {".pt", ".pth", ".bin", ".safetensors"}
 
 
 def available_verifiers() -> list[str]:
@@ -38,16 +44,17 @@ def available_verifiers() -> list[str]:
     return sorted(_BUILTINS)
 
 
-def _canonical(name: str) -> Optional[str]:
+def _canonical(name: str) -> str | None:
     key = name.lower().replace("-", "").replace("_", "")
     return next((n for n in _BUILTINS if n.replace("-", "") == key), None)
 
 
 def _name_for_path(path: Path) -> str:
     """Guess which verifier a local file/folder belongs to, from its name, then its contents."""
-    lowered = path.name.lower()
+    names = [path.name] + ([c.name for c in sorted(path.iterdir()) if c.suffix in _CHECKPOINTS]
+                           if path.is_dir() else [])
     for hint, name in _PATH_HINTS:
-        if hint in lowered:
+        if any(hint in n.lower() for n in names):
             return name
     if path.is_dir() and (path / "config.json").is_file():
         return "clipscore"
@@ -64,10 +71,10 @@ def _name_for_path(path: Path) -> str:
                      f"load_verifier(name, path=...) with a name from {available_verifiers()}")
 
 
-def load_verifier(spec: Union[str, os.PathLike, Callable[..., Any]], *,
-                  device: Union[str, torch.device, None] = None,
-                  dtype: Union[str, torch.dtype, None] = None,
-                  path: Union[str, os.PathLike, None] = None,
+def load_verifier(spec: str | os.PathLike | Callable[..., Any], *,
+                  device: str | torch.device | None = None,
+                  dtype: str | torch.dtype | None = None,
+                  path: str | os.PathLike | None = None,
                   allow_download: bool = False, batch_size: int = 8,
                   **options: Any) -> Verifier:
     """Return a ready verifier.
@@ -90,7 +97,8 @@ def load_verifier(spec: Union[str, os.PathLike, Callable[..., Any]], *,
     if callable(spec) and not isinstance(spec, (str, os.PathLike)):
         if options or path is not None:
             raise ValueError("path/options apply to built-in verifiers, not to a callable")
-        return spec if isinstance(spec, (BatchedVerifier, CallableVerifier)) else CallableVerifier(spec)
+        wrapped = isinstance(spec, (BatchedVerifier, CallableVerifier))
+        return spec if wrapped else CallableVerifier(spec)
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"spec must be a verifier name, a path or a callable, got {type(spec)}")
     name = _canonical(str(spec)) if isinstance(spec, str) else None

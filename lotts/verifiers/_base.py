@@ -1,7 +1,8 @@
 """The verifier contract and the batching/validation every verifier shares."""
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence, Union, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Callable, Protocol, Union, runtime_checkable
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ def check_scores(scores: Any, n: int, name: str = "verifier") -> torch.Tensor:
     if isinstance(scores, (list, tuple, np.ndarray, float, int)):
         scores = torch.as_tensor(np.asarray(scores, dtype=np.float64))
     if not isinstance(scores, torch.Tensor):
-        raise ValueError(f"{name} returned {type(scores).__name__}; expected a tensor of {n} scores")
+        raise ValueError(f"{name} returned {type(scores).__name__}; "
+                         f"expected a tensor of {n} scores")
     if scores.dim() == 2 and scores.shape[1] == 1:  # (n, 1), as regression heads return
         scores = scores[:, 0]
     if scores.dim() != 1 or scores.numel() != n or scores.is_complex():
@@ -79,7 +81,8 @@ class BatchedVerifier:
         with torch.no_grad():
             for start in range(0, len(images), self.batch_size):
                 stop = start + self.batch_size
-                chunks.append(self.score_batch(images[start:stop], prompts[start:stop]).float().cpu())
+                scores = self.score_batch(images[start:stop], prompts[start:stop])
+                chunks.append(scores.float().cpu())
         scores = torch.cat(chunks) if chunks else torch.zeros(0)
         return check_scores(scores, len(images), self.name)
 
@@ -104,8 +107,8 @@ class CallableVerifier:
         return f"CallableVerifier({self.fn!r})"
 
 
-def resolve_device_dtype(device: Union[str, torch.device, None],
-                         dtype: Union[str, torch.dtype, None]) -> tuple[torch.device, torch.dtype]:
+def resolve_device_dtype(device: str | torch.device | None,
+                         dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype]:
     """Default to the GPU when present, and float32 (the scores' reference precision)."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

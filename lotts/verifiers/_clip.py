@@ -5,16 +5,22 @@ CLIP image transform; they differ only in how the cosine similarity is scaled.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from lotts.verifiers._base import BatchedVerifier
-from lotts.verifiers._layers import (ImageTransform, check_vocab, load_tokenizer, tokenize,
-                                     transform_from_preprocessor_config)
+from lotts.verifiers._layers import (
+    ImageTransform,
+    check_vocab,
+    load_tokenizer,
+    tokenize,
+    transform_from_preprocessor_config,
+)
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 
@@ -27,8 +33,8 @@ class ClipEncoder:
     """A CLIPModel plus its tokenizer and image transform, giving L2-normalised embeddings."""
 
     def __init__(self, model: Any, transform: ImageTransform, tokenizer: Any = None,
-                 device: torch.device = torch.device("cpu"),
-                 dtype: torch.dtype = torch.float32) -> None:
+                 device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> None:
+        device = device or torch.device("cpu")
         self.model = model.to(device=device, dtype=dtype).eval()
         self.transform, self.tokenizer = transform, tokenizer
         self.device, self.dtype = device, dtype
@@ -51,7 +57,7 @@ class ClipEncoder:
 
 
 def load_clip_encoder(folder: Path, device: torch.device, dtype: torch.dtype,
-                      processor_folder: Optional[Path] = None, with_tokenizer: bool = True
+                      processor_folder: Path | None = None, with_tokenizer: bool = True
                       ) -> ClipEncoder:
     """Load a `save_pretrained` CLIPModel folder; tokenizer and preprocessor_config.json come
     from `processor_folder` when given (PickScore keeps them in the LAION repo), else `folder`."""

@@ -6,9 +6,10 @@ reproducing `Resize(shortest side, bicubic) -> CenterCrop -> ToTensor -> Normali
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,13 +54,13 @@ class ImageTransform:
 
     def _crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
         if self.round_crop_offset:
-            left, top = int(round((width - self.crop) / 2.0)), int(round((height - self.crop) / 2.0))
+            left, top = round((width - self.crop) / 2.0), round((height - self.crop) / 2.0)
         else:
             left, top = (width - self.crop) // 2, (height - self.crop) // 2
         return left, top, left + self.crop, top + self.crop
 
 
-def transform_from_preprocessor_config(folder: Optional[Path], image_size: int) -> ImageTransform:
+def transform_from_preprocessor_config(folder: Path | None, image_size: int) -> ImageTransform:
     """Build the transform a transformers `preprocessor_config.json` describes (CLIP layout),
     falling back to CLIP's defaults at the vision tower's `image_size`."""
     config: Mapping[str, Any] = {}
@@ -97,7 +98,7 @@ class MLPHead(nn.Module):
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], prefix: str = "layers."
-                        ) -> "MLPHead":
+                        ) -> MLPHead:
         """Build from weights keyed `{prefix}{i}.weight/bias`; extra keys are an error."""
         shapes = {}
         for key, value in state_dict.items():
@@ -122,7 +123,7 @@ class MLPHead(nn.Module):
         return self.layers(features.float())[:, 0]
 
 
-def load_tokenizer(folder: Path, fallback: Optional[type] = None) -> Any:
+def load_tokenizer(folder: Path, fallback: type | None = None) -> Any:
     """A tokenizer from a local folder: AutoTokenizer, else `fallback.from_pretrained` (for a
     bare vocab folder without tokenizer_config.json)."""
     from transformers import AutoTokenizer

@@ -8,9 +8,10 @@ all fail, the error says exactly which file or folder to put where.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Union
+from typing import Callable, Union
 
 import torch
 from torch import nn
@@ -63,7 +64,8 @@ class WeightSource:
         if env_value:
             found = self._accept(Path(env_value).expanduser())
             if found is None:
-                raise self._error([f"${self.env_var}={env_value!r}: {self._mismatch(Path(env_value))}"])
+                problem = self._mismatch(Path(env_value))
+                raise self._error([f"${self.env_var}={env_value!r}: {problem}"])
             return found
         tried.append(f"${self.env_var}: not set")
         for repo_id in self.repo_ids:
@@ -72,10 +74,13 @@ class WeightSource:
                 return found
             tried.append(f"Hugging Face cache, repo {repo_id!r}: not cached")
         if allow_download and self.repo_ids:
-            found = self._from_hub(self.repo_ids[0], local_only=False)
+            try:
+                found, reason = self._from_hub(self.repo_ids[0], local_only=False), "not found"
+            except Exception as error:  # network/auth errors differ across hub client versions
+                found, reason = None, f"{type(error).__name__}: {error}"
             if found is not None:
                 return found
-            tried.append(f"download from {self.repo_ids[0]!r}: failed")
+            tried.append(f"download from {self.repo_ids[0]!r}: {reason}")
         elif self.repo_ids:
             tried.append("download: not attempted (allow_download=False)")
         raise self._error(tried)
@@ -150,22 +155,18 @@ class WeightSource:
             put = (f"Put a folder containing {', '.join(self._missing(Path('/nonexistent')))} "
                    f"(a transformers save_pretrained folder) on this machine")
             example = "/path/to/folder"
-        source = []
+        source = ""
         if self.repo_ids:
-            source.append(f"it is the Hugging Face repo {self.repo_ids[0]!r}"
-                          + (f" (file {self.filenames[0]!r})" if self.kind == "file" else ""))
-            source.append("`huggingface-cli download " + self.repo_ids[0]
-                          + (f" {self.filenames[0]}" if self.kind == "file" else "")
-                          + "` on a machine with network access fills the cache")
+            file_part = f" {self.filenames[0]}" if self.kind == "file" else ""
+            source = (f"It comes from the Hugging Face repo {self.repo_ids[0]!r}: "
+                      f"`huggingface-cli download {self.repo_ids[0]}{file_part}` on a machine with "
+                      f"network access fills the cache, or pass allow_download=True. ")
         if self.help_url:
-            source.append(f"see {self.help_url}")
+            source += f"See {self.help_url}. "
         return VerifierWeightsNotFoundError(
             f"{self.verifier}: {self.what} not found. {put} and pass "
             f"{self.argument}={example!r} to load_verifier({self.verifier!r}, ...), or set "
-            f"{self.env_var}={example}. "
-            + ("; ".join(source) + ". " if source else "")
-            + "Or pass allow_download=True to fetch it. Looked at: " + "; ".join(tried) + "."
-        )
+            f"{self.env_var}={example}. {source}Looked at: {'; '.join(tried)}.")
 
 
 # ----- checkpoints --------------------------------------------------------------------------

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import torch
 
 from lotts.verifiers._clip import ClipEncoder, ClipSimilarityVerifier
 from lotts.verifiers._layers import CLIP_MEAN, CLIP_STD, ImageTransform, load_tokenizer
-from lotts.verifiers._weights import (PathLike, WeightSource, build_from_state_dict,
-                                      load_state_dict)
+from lotts.verifiers._weights import PathLike, WeightSource, build_from_state_dict, load_state_dict
 
 CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
 TOKENIZER_SOURCE = WeightSource(
@@ -44,7 +43,8 @@ _TOP_LEVEL = {
     "visual.ln_post.weight": "vision_model.post_layernorm.weight",
     "visual.ln_post.bias": "vision_model.post_layernorm.bias",
 }
-_TRANSPOSED = {"text_projection": "text_projection.weight", "visual.proj": "visual_projection.weight"}
+_TRANSPOSED = {"text_projection": "text_projection.weight",
+               "visual.proj": "visual_projection.weight"}
 _BLOCK = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
           "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
 _RESBLOCK = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)$")
@@ -92,8 +92,8 @@ def _count_blocks(state_dict: Mapping[str, torch.Tensor], prefix: str) -> int:
 
 
 def clip_config_from_openclip(state_dict: Mapping[str, torch.Tensor], eos_token_id: int,
-                              vision_heads: Optional[int] = None,
-                              text_heads: Optional[int] = None):
+                              vision_heads: int | None = None,
+                              text_heads: int | None = None):
     """A CLIPConfig whose shapes match the OpenCLIP state dict (exact GELU, eps 1e-5, as
     OpenCLIP's ViT-H/14). Head counts cannot be read off the tensors: ViT-H/14's defaults are
     derived from the widths; pass them for other layouts."""
@@ -131,12 +131,12 @@ def _checkpoint_source(version: str) -> WeightSource:
 
 def load(*, path: PathLike | None, device: torch.device, dtype: torch.dtype,
          allow_download: bool, batch_size: int, tokenizer_path: PathLike | None = None,
-         version: str = "v2.1", vision_heads: Optional[int] = None,
-         text_heads: Optional[int] = None) -> ClipSimilarityVerifier:
-    from transformers import CLIPModel, CLIPTokenizer
+         version: str = "v2.1", vision_heads: int | None = None,
+         text_heads: int | None = None) -> ClipSimilarityVerifier:
     checkpoint = _checkpoint_source(version).resolve(path, allow_download)
-    tokenizer = load_tokenizer(TOKENIZER_SOURCE.resolve(tokenizer_path, allow_download),
-                               fallback=CLIPTokenizer)
+    tokenizer_dir = TOKENIZER_SOURCE.resolve(tokenizer_path, allow_download)
+    from transformers import CLIPModel, CLIPTokenizer  # after the checks: a slow first import
+    tokenizer = load_tokenizer(tokenizer_dir, fallback=CLIPTokenizer)
     state_dict = load_state_dict(checkpoint)
     config = clip_config_from_openclip(state_dict, tokenizer.eos_token_id, vision_heads,
                                        text_heads)

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import torch
 from PIL import Image
 
 from lotts.verifiers._base import BatchedVerifier
 from lotts.verifiers._layers import ImageTransform, MLPHead, check_vocab, load_tokenizer, tokenize
-from lotts.verifiers._weights import (PathLike, WeightSource, build_from_state_dict,
-                                      load_state_dict)
+from lotts.verifiers._weights import PathLike, WeightSource, build_from_state_dict, load_state_dict
 
 REWARD_MEAN = 0.16717362830052426
 REWARD_STD = 1.0333394966054072
@@ -95,7 +95,7 @@ def _count(state_dict: Mapping[str, torch.Tensor], pattern: str) -> int:
     return 1 + max(int(m.group(1)) for key in state_dict if (m := regex.match(key)))
 
 
-def vision_config_from(weights: Mapping[str, torch.Tensor], heads: Optional[int] = None):
+def vision_config_from(weights: Mapping[str, torch.Tensor], heads: int | None = None):
     """BLIP ViT config read off the tensors (ViT-L/16 at 224 px for the real file); timm's
     ViT uses exact GELU and LayerNorm eps 1e-6. Heads default to width / 64 (16 for ViT-L)."""
     from transformers import BlipVisionConfig
@@ -109,7 +109,7 @@ def vision_config_from(weights: Mapping[str, torch.Tensor], heads: Optional[int]
         num_attention_heads=heads or max(1, width // 64), layer_norm_eps=1e-6)
 
 
-def text_config_from(weights: Mapping[str, torch.Tensor], heads: Optional[int] = None):
+def text_config_from(weights: Mapping[str, torch.Tensor], heads: int | None = None):
     """BERT-with-cross-attention config read off the tensors (bert-base, 30524 tokens with
     BLIP's [DEC]/[ENC], cross-attention width = the ViT's). Heads default to width / 64."""
     from transformers import BlipTextConfig
@@ -149,12 +149,12 @@ class ImageRewardVerifier(BatchedVerifier):
 
 def load(*, path: PathLike | None, device: torch.device, dtype: torch.dtype,
          allow_download: bool, batch_size: int, tokenizer_path: PathLike | None = None,
-         vision_heads: Optional[int] = None, text_heads: Optional[int] = None
+         vision_heads: int | None = None, text_heads: int | None = None
          ) -> ImageRewardVerifier:
-    from transformers import BertTokenizer, BlipTextModel, BlipVisionModel
     checkpoint = SOURCE.resolve(path, allow_download)
-    tokenizer = load_tokenizer(TOKENIZER_SOURCE.resolve(tokenizer_path, allow_download),
-                               fallback=BertTokenizer)
+    tokenizer_dir = TOKENIZER_SOURCE.resolve(tokenizer_path, allow_download)
+    from transformers import BertTokenizer, BlipTextModel, BlipVisionModel  # a slow first import
+    tokenizer = load_tokenizer(tokenizer_dir, fallback=BertTokenizer)
     weights = convert_image_reward_state_dict(load_state_dict(checkpoint))
     vision_config = vision_config_from(weights.vision, vision_heads)
     text_config = text_config_from(weights.text, text_heads)
