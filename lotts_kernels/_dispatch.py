@@ -40,8 +40,9 @@ class Implementation:
     def load(self) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), self.function)
 
-    def unsupported_reason(self, tensors: list[torch.Tensor], args: tuple) -> Optional[str]:
-        reason = backend_reason(self.name, tensors)
+    def unsupported_reason(self, tensors: list[torch.Tensor], args: tuple,
+                           explicit: bool = False) -> Optional[str]:
+        reason = backend_reason(self.name, tensors, explicit)
         if reason is None and self.limits is not None:
             reason = getattr(importlib.import_module(self.module), self.limits)(*args)
         return reason
@@ -87,7 +88,7 @@ def select(op: str, tensors: list[torch.Tensor], args: tuple) -> Implementation:
         if implementation is None:
             raise KernelUnavailableError(f"{op} has no {wanted!r} implementation; it has "
                                          f"{', '.join(choices)}")
-        reason = implementation.unsupported_reason(tensors, args)
+        reason = implementation.unsupported_reason(tensors, args, explicit=True)
         if reason is not None:
             raise KernelUnavailableError(f"{op}: implementation {wanted!r} cannot run: {reason}")
         return implementation
@@ -125,7 +126,7 @@ def triton_missing_reason() -> Optional[str]:
     return None
 
 
-def _triton_reason(tensors: list[torch.Tensor]) -> Optional[str]:
+def _triton_reason(tensors: list[torch.Tensor], explicit: bool) -> Optional[str]:
     reason = triton_missing_reason()
     if reason is not None:
         return reason
@@ -134,6 +135,9 @@ def _triton_reason(tensors: list[torch.Tensor]) -> Optional[str]:
         return "Triton kernels here run on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1)"
     if on_cpu and not triton_interpreting():
         return "inputs are on the CPU; Triton needs CUDA tensors or TRITON_INTERPRET=1"
+    if on_cpu and not explicit:
+        # The interpreter is for testing kernels; automatic choice keeps the fast reference.
+        return "automatic choice runs Triton on GPUs only; request it to use the interpreter"
     if on_cpu and any(t.dtype == torch.bfloat16 for t in tensors):
         return "the Triton interpreter (TRITON_INTERPRET=1) has no bfloat16 arithmetic"
     return None
@@ -147,10 +151,13 @@ def _cuda_reason(tensors: list[torch.Tensor]) -> Optional[str]:
     return cuda_extension.unavailable_reason(build=requested() == "cuda")
 
 
-def backend_reason(name: str, tensors: list[torch.Tensor]) -> Optional[str]:
-    """Why backend `name` cannot run on these tensors' devices/dtypes, or None if it can."""
+def backend_reason(name: str, tensors: list[torch.Tensor], explicit: bool = True) -> Optional[str]:
+    """Why backend `name` cannot run on these tensors' devices/dtypes, or None if it can.
+
+    `explicit` is True when the user asked for this backend (rather than automatic choice).
+    """
     if name == "ref":
         return None
     if name == "triton":
-        return _triton_reason(tensors)
+        return _triton_reason(tensors, explicit)
     return _cuda_reason(tensors)

@@ -1,6 +1,14 @@
 """Shared pytest configuration and fixtures."""
-import pytest
+import os
+
 import torch
+
+# Triton reads TRITON_INTERPRET when a kernel is decorated (at our backends' import): set it
+# before anything imports them, so Triton kernels are testable on CPU-only machines.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 # ----- markers and GPU gating (kernels) -------------------------------------------------------
 

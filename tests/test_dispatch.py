@@ -68,3 +68,13 @@ def test_every_op_has_a_reference_and_triton_registered():
     assert "cuda" in _dispatch.registered("quality_mask")
     assert "cuda" in _dispatch.registered("masked_noise_blend")
     assert torch.ops.lotts.quality_mask is not None
+
+
+def test_auto_keeps_the_reference_on_cpu_even_when_interpreting(monkeypatch):
+    monkeypatch.delenv(_dispatch.ENV_VAR, raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    tensors, args = args_for_mask()
+    assert _dispatch.select("quality_mask", tensors, args).name == "ref"
+    if _dispatch.triton_missing_reason() is None:
+        with kernels.use_impl("triton"):
+            assert _dispatch.select("quality_mask", tensors, args).name == "triton"
