@@ -1,0 +1,200 @@
+"""LoTTS settings: one validated dataclass, resolved per backbone and schedule length.
+
+Defaults follow ``docs/method.md``. Fractions (``t0``, ``localization_level``) scale with
+``num_inference_steps`` so one config serves 4-step tests and 50-step runs alike.
+
+Seeds: a run with user seed ``s`` draws original ``j`` from ``torch.Generator().manual_seed(s + j)``
+(the same noise the pipeline itself draws for that generator, so Best-of-N and LoTTS originals
+coincide). Every other random stream (localization noise, each refinement's injected noise,
+the stand-in trajectory of a user image) comes from :func:`derive_seed` of the owning seed and
+the candidate index, never from batch composition.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, replace
+from typing import Optional, Union
+
+# t0 defaults per backbone, as (step, of steps) in the paper's schedules.
+DEFAULT_T0 = {"sd": (25, 50), "sdxl": (15, 50), "flux": (1, 28)}
+GUIDANCE_FACTOR = {"sd": 2, "sdxl": 2, "flux": 1}
+TOKEN_SELECTIONS = ("content", "quality", "all")
+SEARCHES = ("siblings", "chain")
+LOCALIZATION_PROMPTS = 3  # original, positive, negative in one batched forward
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any tuple of ints and strings (stable across runs and machines)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """Step indices for one backbone and one schedule of ``num_steps`` denoising steps.
+
+    Steps are entries of the scheduler's timestep list; step ``i`` maps the latents entering it
+    to the latents entering ``i + 1``; ``num_steps`` is the clean result.
+    """
+
+    num_steps: int
+    t0: int
+    global_steps: int
+    localization_step: int
+
+    @property
+    def masked_stop(self) -> int:
+        """First step that runs without the mask."""
+        return self.num_steps - self.global_steps
+
+
+@dataclass
+class LoTTSConfig:
+    """Settings of a LoTTS run (see ``docs/method.md``).
+
+    num_seeds: originals per prompt. num_refinements (k): refinements per original (siblings)
+    or chain depth per seed (chain). mask_ratio (r): share of latent positions re-noised.
+    t0: step where refinement starts: int step index, float fraction of the schedule in
+    [0, 1), or None for the backbone default (SD 25/50, SDXL 15/50, FLUX 1/28). lam: weight of
+    the original-prompt map in eq. (3). global_steps: unmasked steps at the end (None: 10% of
+    the schedule, at least 1). localization_level: fraction of the schedule where x0 is
+    re-noised for the localization forward. quality_prompts: positive and negative templates.
+    token_selection: "content" (non-special tokens), "quality" (only the words that differ
+    between the two templates; the original prompt uses its content tokens) or "all"
+    (every non-padding token). search: "siblings" (k refinements of each original) or "chain"
+    (k levels, each refining the seed's best-scored candidate so far, re-localized).
+    soft_mask_sigma: Gaussian feathering of the mask in latent positions (0: hard mask).
+    refine_batch_size: refinement latents per denoiser batch (None: k). generate_batch_size:
+    originals per pipeline call (None: all of a prompt's originals at once). global_fraction:
+    share of the schedule run unmasked when global_steps is None.
+    """
+
+    num_seeds: int = 3
+    num_refinements: int = 2
+    mask_ratio: float = 0.5
+    t0: Optional[Union[int, float]] = None
+    lam: float = 1.0
+    global_steps: Optional[int] = None
+    localization_level: float = 0.5
+    quality_prompts: tuple[str, str] = ("A high-quality image of {}.", "A low-quality image of {}.")
+    token_selection: str = "content"
+    search: str = "siblings"
+    soft_mask_sigma: float = 0.0
+    refine_batch_size: Optional[int] = None
+    generate_batch_size: Optional[int] = None
+    global_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        self._check_counts()
+        self._check_fractions()
+        self._check_strings()
+
+    # ----- validation -------------------------------------------------------------------------
+    def _check_counts(self) -> None:
+        if not _is_int(self.num_seeds) or self.num_seeds < 1:
+            raise ValueError(f"num_seeds must be an int >= 1, got {self.num_seeds!r}")
+        if not _is_int(self.num_refinements) or self.num_refinements < 0:
+            raise ValueError(f"num_refinements must be an int >= 0, got {self.num_refinements!r}")
+        if self.global_steps is not None and (not _is_int(self.global_steps) or self.global_steps < 0):
+            raise ValueError(f"global_steps must be None or an int >= 0, got {self.global_steps!r}")
+        for name in ("refine_batch_size", "generate_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+
+    def _check_fractions(self) -> None:
+        if not _is_number(self.mask_ratio) or not 0.0 < self.mask_ratio <= 1.0:
+            raise ValueError(f"mask_ratio must be a float in (0, 1], got {self.mask_ratio!r}")
+        if self.t0 is not None:
+            if _is_int(self.t0):
+                if self.t0 < 0:
+                    raise ValueError(f"t0 as a step index must be >= 0, got {self.t0}")
+            elif not _is_number(self.t0) or not 0.0 <= self.t0 < 1.0:
+                raise ValueError(f"t0 must be None, an int step index or a float fraction in "
+                                 f"[0, 1), got {self.t0!r}")
+        if not _is_number(self.lam):
+            raise ValueError(f"lam must be a finite float, got {self.lam!r}")
+        if not _is_number(self.localization_level) or not 0.0 <= self.localization_level < 1.0:
+            raise ValueError(f"localization_level must be a fraction in [0, 1), got "
+                             f"{self.localization_level!r}")
+        if not _is_number(self.soft_mask_sigma) or self.soft_mask_sigma < 0:
+            raise ValueError(f"soft_mask_sigma must be a float >= 0, got {self.soft_mask_sigma!r}")
+        if not _is_number(self.global_fraction) or not 0.0 <= self.global_fraction < 1.0:
+            raise ValueError(f"global_fraction must be in [0, 1), got {self.global_fraction!r}")
+
+    def _check_strings(self) -> None:
+        prompts = self.quality_prompts
+        if (not isinstance(prompts, (tuple, list)) or len(prompts) != 2
+                or not all(isinstance(p, str) and p.count("{}") == 1 for p in prompts)):
+            raise ValueError("quality_prompts must be two templates, each with one '{}', got "
+                             f"{prompts!r}")
+        self.quality_prompts = tuple(prompts)
+        if self.token_selection not in TOKEN_SELECTIONS:
+            raise ValueError(f"token_selection must be one of {TOKEN_SELECTIONS}, got "
+                             f"{self.token_selection!r}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
+
+    # ----- resolution -------------------------------------------------------------------------
+    def with_overrides(self, **changes: object) -> LoTTSConfig:
+        """A validated copy with some fields changed."""
+        return replace(self, **changes)
+
+    def t0_fraction(self, backbone: str) -> float:
+        """t0 as a fraction of the schedule when it is not a step index."""
+        if self.t0 is not None and not _is_int(self.t0):
+            return float(self.t0)
+        step, of = DEFAULT_T0[_backbone_name(backbone)]
+        return step / of
+
+    def resolved(self, backbone: str, num_steps: int) -> ResolvedConfig:
+        """Step indices for `backbone` ("sd", "sdxl", "flux") and a schedule of `num_steps`."""
+        if not _is_int(num_steps) or num_steps < 1:
+            raise ValueError(f"num_inference_steps must be an int >= 1, got {num_steps!r}")
+        t0 = self.t0 if _is_int(self.t0) else int(round(self.t0_fraction(backbone) * num_steps))
+        if t0 >= num_steps:
+            raise ValueError(f"t0 = {t0} lies beyond the schedule: it must be < "
+                             f"num_inference_steps = {num_steps}")
+        remaining = num_steps - t0
+        if self.global_steps is None:
+            global_steps = min(remaining, max(1, int(round(self.global_fraction * num_steps))))
+        elif self.global_steps > remaining:
+            raise ValueError(f"global_steps = {self.global_steps} exceeds the {remaining} steps "
+                             f"from t0 = {t0} to the end of the schedule")
+        else:
+            global_steps = self.global_steps
+        level = min(num_steps - 1, int(round(self.localization_level * num_steps)))
+        return ResolvedConfig(num_steps, t0, global_steps, level)
+
+    # ----- cost -------------------------------------------------------------------------------
+    def lotts_nfe(self, num_inference_steps: int, backbone: str = "sd") -> int:
+        """Denoiser evaluations of one LoTTS prompt, counted as in the method doc."""
+        backbone = _backbone_name(backbone)
+        steps = self.resolved(backbone, num_inference_steps)
+        g = GUIDANCE_FACTOR[backbone]
+        n, k = self.num_seeds, self.num_refinements
+        localizations = 0 if k == 0 else (n if self.search == "siblings" else n * k)
+        return (n * steps.num_steps * g + localizations * LOCALIZATION_PROMPTS
+                + n * k * (steps.num_steps - steps.t0) * g)
+
+    def matched_best_of_n(self, num_inference_steps: int, backbone: str = "sd") -> int:
+        """The Best-of-N sample count whose NFE is closest to this LoTTS run's (at least 1)."""
+        backbone = _backbone_name(backbone)
+        per_sample = num_inference_steps * GUIDANCE_FACTOR[backbone]
+        return max(1, int(round(self.lotts_nfe(num_inference_steps, backbone) / per_sample)))
+
+
+def _backbone_name(backbone: object) -> str:
+    name = getattr(backbone, "name", backbone)
+    if name not in DEFAULT_T0:
+        raise ValueError(f"backbone must be one of {sorted(DEFAULT_T0)}, got {backbone!r}")
+    return name
