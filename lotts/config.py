@@ -1,6 +1,6 @@
 """LoTTS settings: one validated dataclass, resolved per backbone and schedule length.
 
-Defaults follow ``docs/method.md``. Fractions (``t0``, ``localization_level``) scale with
+Defaults follow the README's *Method* section. Fractions (``t0``, ``localization_level``) scale with
 ``num_inference_steps`` so one config serves 4-step tests and 50-step runs alike.
 
 Seeds: a run with user seed ``s`` draws original ``j`` from ``torch.Generator().manual_seed(s + j)``
@@ -59,7 +59,7 @@ class ResolvedConfig:
 
 @dataclass
 class LoTTSConfig:
-    """Settings of a LoTTS run (see ``docs/method.md``).
+    """Settings of a LoTTS run (see the README's *Method* section).
 
     num_seeds: originals per prompt. num_refinements (k): refinements per original (siblings)
     or chain depth per seed (chain). mask_ratio (r): share of latent positions re-noised.
@@ -177,7 +177,7 @@ class LoTTSConfig:
 
     # ----- cost -------------------------------------------------------------------------------
     def lotts_nfe(self, num_inference_steps: int, backbone: str = "sd") -> int:
-        """Denoiser evaluations of one LoTTS prompt, counted as in the method doc."""
+        """Denoiser evaluations of one LoTTS prompt, counted as in the README's *Method* section."""
         backbone = _backbone_name(backbone)
         steps = self.resolved(backbone, num_inference_steps)
         g = GUIDANCE_FACTOR[backbone]
