@@ -57,5 +57,6 @@ setup(
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"],
         "dev": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "ruff", "ninja"],
     },
+    entry_points={"console_scripts": ["lotts = lotts.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Operating System :: OS Independent"],
 )
