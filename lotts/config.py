@@ -160,7 +160,9 @@ class LoTTSConfig:
         """Step indices for `backbone` ("sd", "sdxl", "flux") and a schedule of `num_steps`."""
         if not _is_int(num_steps) or num_steps < 1:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_steps!r}")
-        t0 = self.t0 if _is_int(self.t0) else int(round(self.t0_fraction(backbone) * num_steps))
+        # A fraction in [0, 1) always names a step of the schedule, however short it is.
+        t0 = self.t0 if _is_int(self.t0) else \
+            min(num_steps - 1, int(round(self.t0_fraction(backbone) * num_steps)))
         if t0 >= num_steps:
             raise ValueError(f"t0 = {t0} lies beyond the schedule: it must be < "
                              f"num_inference_steps = {num_steps}")

@@ -132,9 +132,14 @@ def _mask_from_capture(capture: AttentionCapture, batch: int, grid: tuple[int, i
     columns = torch.stack([maps[:, 2] - maps[:, 1], maps[:, 0]], dim=1)  # (B, 2, h, w)
     sa_grid = capture.self_attention_grid
     columns = _resize(columns, sa_grid).flatten(2).transpose(1, 2)  # (B, N_sa, 2)
-    propagated = capture.propagate(columns).transpose(1, 2).reshape(batch, 2, *sa_grid)
-    propagated = _resize(propagated, grid).flatten(2)
+    propagated = capture.propagate(columns).transpose(1, 2)  # (B, 2, N_sa)
     heat, mask = quality_mask(propagated[:, 0], propagated[:, 1], lam=lam, ratio=ratio)
+    if tuple(sa_grid) != tuple(grid):
+        # The method: min-max and (3) on the propagated maps, THEN P upsampled bilinearly to
+        # the mask grid and (4) taken there (normalizing after upsampling reweights the terms).
+        heat = _resize(heat.view(batch, 1, *sa_grid), grid).flatten(1)
+        # Selection only: with lam = 0 and a constant second input, quality_mask ranks P itself.
+        _, mask = quality_mask(heat, torch.zeros_like(heat), lam=0.0, ratio=ratio)
     return Localization(heat.view(batch, *grid), mask.view(batch, *grid))
 
 

@@ -107,3 +107,39 @@ def test_localize_marks_round_r_n_of_the_grid(kind: str, ratio: float) -> None:
     assert torch.equal(first.mask, again.mask) and torch.equal(first.heatmap, again.heatmap)
     torch.testing.assert_close(alone.heatmap[0], first.heatmap[1], rtol=1e-4, atol=1e-5)
     assert not torch.equal(first.heatmap[0], first.heatmap[1])
+
+
+class _FakeCapture:
+    """Cross maps on a 3x3 attention grid, propagation the identity (SA = I)."""
+
+    def __init__(self, maps: torch.Tensor) -> None:
+        self.maps, self.self_attention_grid = maps, tuple(maps.shape[-2:])
+
+    def cross_maps(self) -> torch.Tensor:
+        return self.maps
+
+    def propagate(self, columns: torch.Tensor) -> torch.Tensor:
+        return columns
+
+
+def test_heat_is_normalized_before_upsampling_to_the_mask_grid() -> None:
+    """Method: min-max each propagated map, form P (3) at the attention grid, upsample P
+    bilinearly to the latent grid, keep its top r (4) there (SDXL: 64x64 maps, 128x128 latents)."""
+    import torch.nn.functional as F
+
+    from lotts.localization import _mask_from_capture
+
+    def mm(x):
+        return (x - x.amin(1, keepdim=True)) / (x.amax(1, keepdim=True) - x.amin(1, keepdim=True))
+
+    maps = torch.rand(3, 3, 3, generator=torch.Generator().manual_seed(1))  # orig, pos, neg
+    lam, ratio = 1.0, 0.5
+    found = _mask_from_capture(_FakeCapture(maps), 1, (6, 6), lam, ratio)
+    flat = maps.flatten(1)
+    heat = (mm(flat[2:3] - flat[1:2]) + lam * mm(flat[0:1])).view(1, 1, 3, 3)
+    heat = F.interpolate(heat, size=(6, 6), mode="bilinear", align_corners=False).flatten(1)
+    top = torch.sort(heat, dim=1, descending=True, stable=True).indices[0, :18]
+    expected = torch.zeros(36, dtype=torch.bool)
+    expected[top] = True
+    torch.testing.assert_close(found.heatmap.flatten(), heat[0])
+    assert torch.equal(found.mask.flatten(), expected)

@@ -63,3 +63,10 @@ def test_derived_seeds_are_stable() -> None:
     assert derive_seed(0, "refine", 3) == derive_seed(0, "refine", 3)
     assert derive_seed(0, "refine", 3) != derive_seed(0, "refine", 4)
     assert 0 <= derive_seed(2**62, "x") < 2**63
+
+
+def test_fractional_t0_always_lands_inside_a_short_schedule():
+    from lotts.config import LoTTSConfig
+
+    resolved = LoTTSConfig(t0=0.9).resolved("sd", 4)
+    assert resolved.t0 == 3
