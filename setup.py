@@ -41,7 +41,8 @@ setup(
     packages=find_packages(include=["lotts", "lotts.*", "lotts_kernels", "lotts_kernels.*"]),
     # The CUDA sources travel inside the wheel (see BuildPyWithCudaSources) so the lazy build
     # finds them after a non-editable install too.
-    package_data={"lotts": ["assets/*"]},
+    package_data={"lotts": ["assets/*", "world/assets/*", "world/assets/*/*",
+                           "world/assets/*/*/*"]},
     cmdclass={"build_py": BuildPyWithCudaSources},
     install_requires=[
         "torch>=2.4",

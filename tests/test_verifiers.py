@@ -251,7 +251,7 @@ def assert_behaves(verifier, prompts=PROMPTS):
 
 def test_available_verifiers():
     assert available_verifiers() == ["aesthetic", "clipscore", "hpsv2", "image-reward",
-                                     "pickscore"]
+                                     "pickscore", "world-clean-a", "world-clean-b"]
 
 
 def test_check_scores_accepts_and_normalises():

@@ -32,6 +32,9 @@ _BUILTINS = {
     "aesthetic": "lotts.verifiers.aesthetic",
     "hpsv2": "lotts.verifiers.hpsv2",
     "image-reward": "lotts.verifiers.image_reward",
+    # "module:function" entries: one module serving several names
+    "world-clean-a": "lotts.verifiers.world:load_a",
+    "world-clean-b": "lotts.verifiers.world:load_b",
 }
 # File-name hints for a bare path given as the spec (checked in this order).
 _PATH_HINTS = (("imagereward", "image-reward"), ("hps", "hpsv2"), ("pickscore", "pickscore"),
@@ -109,6 +112,7 @@ def load_verifier(spec: str | os.PathLike | Callable[..., Any], *,
                              f"{available_verifiers()} and no such file or folder")
         name, path = _name_for_path(local), local
     device, dtype = resolve_device_dtype(device, dtype)
-    module = importlib.import_module(_BUILTINS[name])
-    return module.load(path=path, device=device, dtype=dtype, allow_download=allow_download,
-                       batch_size=batch_size, **options)
+    module_name, _, function = _BUILTINS[name].partition(":")
+    loader = getattr(importlib.import_module(module_name), function or "load")
+    return loader(path=path, device=device, dtype=dtype, allow_download=allow_download,
+                  batch_size=batch_size, **options)

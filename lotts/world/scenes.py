@@ -54,19 +54,30 @@ class Defect:
 
 
 def _shape_coverage(shape: Shape) -> np.ndarray:
-    """Fraction of each pixel covered by `shape`, from a supersampled grid."""
-    n = SIZE * SUPERSAMPLE
-    coords = (np.arange(n) + 0.5) / SUPERSAMPLE
-    x, y = np.meshgrid(coords, coords)
-    dx, dy = x - shape.center[0], y - shape.center[1]
+    """Fraction of each pixel covered by `shape`, from a supersampled grid.
+
+    Only the shape's bounding box is supersampled (the result equals a full-image supersample).
+    """
+    cover = np.zeros((SIZE, SIZE), np.float32)
     r = shape.radius
+    x0 = max(0, int(np.floor(shape.center[0] - r)) - 1)
+    x1 = min(SIZE, int(np.ceil(shape.center[0] + r)) + 2)
+    y0 = max(0, int(np.floor(shape.center[1] - r)) - 1)
+    y1 = min(SIZE, int(np.ceil(shape.center[1] + r)) + 2)
+    if x1 <= x0 or y1 <= y0:
+        return cover
+    xs = x0 + (np.arange((x1 - x0) * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
+    ys = y0 + (np.arange((y1 - y0) * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
+    x, y = np.meshgrid(xs, ys)
+    dx, dy = x - shape.center[0], y - shape.center[1]
     if shape.kind == "circle":
         inside = dx**2 + dy**2 <= r**2
     elif shape.kind == "square":
         inside = (np.abs(dx) <= r * 0.85) & (np.abs(dy) <= r * 0.85)
     else:  # upward triangle inscribed in the radius
         inside = (dy <= r * 0.7) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6)
-    return inside.reshape(SIZE, SUPERSAMPLE, SIZE, SUPERSAMPLE).mean(axis=(1, 3))
+    cover[y0:y1, x0:x1] = inside.reshape(y1 - y0, SUPERSAMPLE, x1 - x0, SUPERSAMPLE).mean(axis=(1, 3))
+    return cover
 
 
 def render(scene: Scene) -> np.ndarray:
@@ -149,11 +160,16 @@ def _blotch(image, region, rng, scene):
 
 
 def _box_blur(image: np.ndarray, width: int) -> np.ndarray:
-    kernel = np.ones(width, np.float32) / width
+    """Separable box blur of odd `width` with edge padding (running sums)."""
     pad = width // 2
-    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
-    rows = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="valid"), 0, padded)
-    return np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="valid"), 1, rows)
+    out = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge").astype(np.float64)
+    for axis in (0, 1):
+        c = np.cumsum(out, axis=axis)
+        c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
+        n = out.shape[axis] - width + 1
+        out = (np.take(c, np.arange(width, width + n), axis=axis)
+               - np.take(c, np.arange(0, n), axis=axis)) / width
+    return out.astype(np.float32)
 
 
 def _smear(image, region, rng, scene):
@@ -187,20 +203,32 @@ _DEFECTS: dict[str, Callable] = {
 }
 
 
+VISIBLE_CHANGE = 16  # a pixel counts as changed when a channel moves by more than this
+VISIBLE_SHARE = 0.25  # ... and a defect is visible when this share of its region changed
+MAX_TRIES = 20
+
+
 def plant_defect(image: np.ndarray, scene: Scene, rng: np.random.Generator,
                  kind: Optional[str] = None) -> tuple[np.ndarray, Defect]:
     """Damage a random region of `image` (most often over a shape) and return it with the region.
 
     The region is the set of pixels the defect was allowed to change; it is the ground truth for
-    localization scores.
+    localization scores. A defect must be visible: a smear or warp over a flat area, or a bite
+    out of the background, changes nothing, so regions are redrawn (up to MAX_TRIES times)
+    until at least VISIBLE_SHARE of the region's pixels changed by more than VISIBLE_CHANGE.
     """
     kind = kind or str(rng.choice(DEFECT_KINDS))
-    near = None
-    if scene.shapes and rng.random() < 0.8:
-        near = scene.shapes[int(rng.integers(len(scene.shapes)))].center
-    region = _random_region(rng, near)
-    damaged = _DEFECTS[kind](image.astype(np.float32), region, rng, scene)
-    return np.clip(damaged + 0.5, 0, 255).astype(np.uint8), Defect(kind, region)
+    source = image.astype(np.float32)
+    for _ in range(MAX_TRIES):
+        near = None
+        if scene.shapes and rng.random() < 0.8:
+            near = scene.shapes[int(rng.integers(len(scene.shapes)))].center
+        region = _random_region(rng, near)
+        damaged = np.clip(_DEFECTS[kind](source, region, rng, scene) + 0.5, 0, 255).astype(np.uint8)
+        changed = np.abs(damaged.astype(np.int16) - image.astype(np.int16)).max(axis=2) > VISIBLE_CHANGE
+        if changed[region].mean() >= VISIBLE_SHARE:
+            break
+    return damaged, Defect(kind, region)
 
 
 # ----- captioned training examples ------------------------------------------------------------

@@ -1,0 +1,172 @@
+"""The miniature world: data generator, committed pipeline and verifiers, evaluation smoke."""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lotts.world import scenes
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "lotts" / "world" / "assets"
+CAPTION = re.compile(
+    r"^(an? \w+ (circle|square|triangle))"
+    r"(( (above|below|left of|right of) an? \w+ (circle|square|triangle))"
+    r"|(, an? \w+ (circle|square|triangle) and an? \w+ (circle|square|triangle)))?$")
+
+
+# ----- data generator ------------------------------------------------------------------------
+def test_scenes_are_deterministic_by_seed():
+    a = [scenes.sample_example(np.random.default_rng(7)) for _ in range(1)]
+    b = [scenes.sample_example(np.random.default_rng(7)) for _ in range(1)]
+    rng1, rng2 = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(20):
+        x, y = scenes.sample_example(rng1), scenes.sample_example(rng2)
+        assert x.prompt == y.prompt and np.array_equal(x.image, y.image)
+        assert (x.defect is None) == (y.defect is None)
+        if x.defect is not None:
+            assert np.array_equal(x.defect.region, y.defect.region)
+    assert a[0].prompt == b[0].prompt
+
+
+def test_defects_cover_5_to_25_percent_and_change_the_region_only():
+    rng = np.random.default_rng(11)
+    for i in range(40):
+        scene = scenes.sample_scene(rng)
+        clean = scenes.render(scene)
+        kind = scenes.DEFECT_KINDS[i % len(scenes.DEFECT_KINDS)]
+        damaged, defect = scenes.plant_defect(clean, scene, rng, kind)
+        assert defect.kind == kind and defect.region.shape == (scenes.SIZE, scenes.SIZE)
+        assert defect.region.any()
+        assert 0.04 <= defect.area <= 0.26, defect.area  # 5-25% up to the pixel grid
+        changed = np.abs(damaged.astype(int) - clean.astype(int)).max(axis=2) > 1
+        assert not (changed & ~defect.region).any()
+        assert changed.any()
+
+
+def test_captions_and_prompts_are_well_formed():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        ex = scenes.sample_example(rng)
+        assert CAPTION.match(ex.caption), ex.caption
+        for word in re.findall(r"an? (\w+) (?:circle|square|triangle)", ex.caption):
+            assert word in scenes.COLOURS
+        assert ex.prompt in (ex.caption, scenes.HIGH_QUALITY.format(ex.caption),
+                             scenes.LOW_QUALITY.format(ex.caption))
+        if ex.prompt.startswith("A low-quality"):
+            assert ex.defect is not None
+        if ex.prompt.startswith("A high-quality"):
+            assert ex.defect is None
+        assert ex.image.shape == (64, 64, 3) and ex.image.dtype == np.uint8
+
+
+def test_plain_prompt_defect_rate_is_in_range():
+    rng = np.random.default_rng(0)
+    plain = [ex for ex in (scenes.sample_example(rng) for _ in range(600)) if ex.prompt == ex.caption]
+    rate = np.mean([ex.defect is not None for ex in plain])
+    assert len(plain) > 200 and 0.3 <= rate <= 0.5, rate
+
+
+# ----- committed pipeline --------------------------------------------------------------------
+def test_committed_world_is_small_and_float16():
+    from safetensors import safe_open
+    total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+    assert total < 20 * 2**20, f"world assets are {total / 2**20:.1f} MiB"
+    for weights in (ASSETS / "pipeline").rglob("*.safetensors"):
+        with safe_open(str(weights), "pt") as f:
+            dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+        assert dtypes <= {"F16", "I64"}, (weights, dtypes)
+
+
+@pytest.fixture(scope="module")
+def world_pipe():
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(str(ASSETS / "pipeline"),
+                                                   local_files_only=True, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_committed_pipeline_generates_64px_images(world_pipe):
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    assert isinstance(world_pipe.scheduler, DDIMScheduler)
+    assert isinstance(world_pipe.unet, UNet2DConditionModel)
+    assert world_pipe.vae_scale_factor == 4 and world_pipe.unet.config.sample_size == 16
+    assert world_pipe.tokenizer.vocab_size == 49408
+    ids = world_pipe.tokenizer("A low-quality image of a red circle.").input_ids
+    assert ids[:6] == [49406, 320, 1042, 268, 3027, 2867]  # real CLIP ids
+    out = world_pipe("a red circle", num_inference_steps=4, guidance_scale=4.0,
+                     generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
+    assert out.std() > 0.02  # not a flat image
+
+
+# ----- verifiers -----------------------------------------------------------------------------
+def test_world_verifiers_load_and_rank_clean_above_defective():
+    from lotts.verifiers import available_verifiers, load_verifier
+    from lotts.world.evaluate import auroc
+    assert {"world-clean-a", "world-clean-b"} <= set(available_verifiers())
+    rng = np.random.default_rng(909)  # a stream neither verifier was trained on
+    images, labels = [], []
+    for i in range(80):
+        scene = scenes.sample_scene(rng)
+        image = scenes.render(scene)
+        if i % 2:
+            image, _ = scenes.plant_defect(image, scene, rng)
+        images.append(image)
+        labels.append(i % 2 == 0)
+    from PIL import Image
+    pil = [Image.fromarray(im) for im in images]
+    labels = np.array(labels)
+    for name in ("world-clean-a", "world-clean-b"):
+        verifier = load_verifier(name, device="cpu")
+        scores = verifier(pil, ["a scene"] * len(pil)).numpy()
+        assert scores.shape == (80,) and np.isfinite(scores).all()
+        assert scores[labels].mean() > scores[~labels].mean()
+        assert auroc(scores, labels) > 0.75, (name, auroc(scores, labels))
+
+
+def test_world_verifier_path_errors_are_clear(tmp_path):
+    from lotts.verifiers import VerifierWeightsNotFoundError, load_verifier
+    with pytest.raises(VerifierWeightsNotFoundError, match="world-clean-a"):
+        load_verifier("world-clean-a", path=tmp_path)
+
+
+# ----- evaluation ----------------------------------------------------------------------------
+def test_metrics():
+    from lotts.world.evaluate import auroc, iou, region_to_grid, top_mask
+    assert auroc([0.1, 0.9, 0.8, 0.2], [0, 1, 1, 0]) == 1.0
+    assert auroc([1, 1, 1, 1], [0, 1, 1, 0]) == 0.5
+    assert np.isnan(auroc([1, 2], [1, 1]))
+    assert iou([1, 1, 0], [1, 0, 0]) == 0.5
+    heat = np.array([[0.0, 1.0], [1.0, 0.5]])
+    assert top_mask(heat, 2).tolist() == [[False, True], [True, False]]
+    region = np.zeros((64, 64), bool)
+    region[:8, :6] = True
+    grid = region_to_grid(region, (16, 16))
+    assert grid[:2, :1].all() and grid[:2, 1].all() and not grid[:2, 2:].any()
+
+
+def test_world_eval_smoke():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.world_eval import run, tables
+    result = run(smoke=True)
+    loc = result["localization"]["summary"]
+    assert loc["cases"] == 3
+    for variant in ("full", "no_propagation", "diff_only", "orig_only", "random"):
+        assert 0.0 <= loc[f"{variant}_auroc"] <= 1.0
+        assert 0.0 <= loc[f"{variant}_iou"] <= 1.0
+    sc = result["scaling"]["summary"]
+    steps = result["pipe_kwargs"]["num_inference_steps"]
+    # LoTTS NFE at defaults (method doc): 3 * S * 2 + 3 * 3 + 3 * 2 * (S - t0) * 2, t0 = S / 2
+    assert sc["lotts"]["nfe"] == 3 * steps * 2 + 9 + 6 * (steps - steps // 2) * 2
+    assert sc["best_of_n"][3]["nfe"] == 3 * steps * 2
+    assert np.isfinite(sc["lotts"]["held"]) and 0.0 <= sc["lotts"]["defect_rate"] <= 1.0
+    faith = sc["faithfulness"]
+    assert faith["refinements"] == 2 * 3 * 2
+    assert 0.0 <= faith["mean_abs_change_outside"] < faith["mean_abs_change_inside"]
+    assert "Localization" in tables(result)
