@@ -162,6 +162,8 @@ class Backbone:
     name = ""
     denoiser_name = "unet"
     capture_mode = "unet"
+    # Conditioning key that __call__ takes as pooled_prompt_embeds (None: the pipeline has none).
+    pooled_key: Optional[str] = None
     extra_kwargs: frozenset = frozenset()
 
     def __init__(self, pipe: Any) -> None:
@@ -260,7 +262,16 @@ class Backbone:
 
     def call_kwargs(self, run: Run) -> dict[str, Any]:
         """Encoded-prompt arguments of ``__call__`` for this run (batch 1; the pipeline repeats)."""
-        raise NotImplementedError
+        kwargs = self._embeds_kwargs(run.cond.positive, "")
+        if run.cond.negative is not None:
+            kwargs.update(self._embeds_kwargs(run.cond.negative, "negative_"))
+        return kwargs
+
+    def _embeds_kwargs(self, rows: dict[str, Any], prefix: str) -> dict[str, Any]:
+        kwargs = {f"{prefix}prompt_embeds": rows["encoder_hidden_states"]}
+        if self.pooled_key is not None:
+            kwargs[f"{prefix}pooled_prompt_embeds"] = rows[self.pooled_key]
+        return kwargs
 
     def forward(self, scheduler, latents: torch.Tensor, t: torch.Tensor, rows: dict[str, Any],
                 settings: Settings) -> torch.Tensor:
@@ -394,13 +405,6 @@ class StableDiffusionBackbone(_UNetBackbone):
     def _rows_timestep_cond(self, settings, n):
         return {k: _repeat_rows(v, n) for k, v in self.timestep_cond(settings).items()}
 
-    def call_kwargs(self, run):
-        cond = run.cond
-        kwargs = {"prompt_embeds": cond.positive["encoder_hidden_states"]}
-        if cond.negative is not None:
-            kwargs["negative_prompt_embeds"] = cond.negative["encoder_hidden_states"]
-        return kwargs
-
     def decode(self, latents, settings):
         vae = self.pipe.vae
         image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
@@ -417,6 +421,7 @@ class StableDiffusionXLBackbone(_UNetBackbone):
     """StableDiffusionXLPipeline: two text encoders, pooled text and size conditioning."""
 
     name = "sdxl"
+    pooled_key = "text_embeds"
     extra_kwargs = _UNetBackbone.extra_kwargs | {"prompt_2", "negative_prompt_2", "original_size",
                                                  "crops_coords_top_left", "target_size"}
 
@@ -465,15 +470,6 @@ class StableDiffusionXLBackbone(_UNetBackbone):
                                      ("original_size", "crops_coords_top_left", "target_size")
                                      if pipe_kwargs.get(k) is not None})
         return settings
-
-    def call_kwargs(self, run):
-        cond = run.cond
-        kwargs = {"prompt_embeds": cond.positive["encoder_hidden_states"],
-                  "pooled_prompt_embeds": cond.positive["text_embeds"]}
-        if cond.negative is not None:
-            kwargs.update(negative_prompt_embeds=cond.negative["encoder_hidden_states"],
-                          negative_pooled_prompt_embeds=cond.negative["text_embeds"])
-        return kwargs
 
     @contextmanager
     def _vae_precision(self) -> Iterator[torch.dtype]:
@@ -528,6 +524,7 @@ class FluxBackbone(Backbone):
     name = "flux"
     denoiser_name = "transformer"
     capture_mode = "flux"
+    pooled_key = "pooled_projections"
     extra_kwargs = frozenset({"prompt_2", "negative_prompt_2", "true_cfg_scale",
                               "max_sequence_length", "joint_attention_kwargs"})
     passthrough_kwargs = ("true_cfg_scale", "max_sequence_length", "joint_attention_kwargs")
@@ -608,15 +605,6 @@ class FluxBackbone(Backbone):
             latents=torch.zeros(0))
         settings.options["img_ids"] = image_ids
         return settings
-
-    def call_kwargs(self, run):
-        cond = run.cond
-        kwargs = {"prompt_embeds": cond.positive["encoder_hidden_states"],
-                  "pooled_prompt_embeds": cond.positive["pooled_projections"]}
-        if cond.negative is not None:
-            kwargs.update(negative_prompt_embeds=cond.negative["encoder_hidden_states"],
-                          negative_pooled_prompt_embeds=cond.negative["pooled_projections"])
-        return kwargs
 
     def forward(self, scheduler, latents, t, rows, settings):
         n = latents.shape[0]

@@ -37,43 +37,13 @@ from lotts.resampling import (
     soften,
 )
 from lotts.result import Candidate, LoTTSResult
+from lotts.verifiers import check_scores, load_verifier
 
 Prompt = Union[str, Sequence[str]]
 VerifierSpec = Union[str, Callable[..., Any]]
 
 
 # ----- verifiers -----------------------------------------------------------------------------
-def _check_scores(scores: Any, n: int, name: str) -> torch.Tensor:
-    """One place for score validation: lotts.verifiers.check_scores when installed."""
-    try:
-        from lotts.verifiers import check_scores
-    except ImportError:  # pragma: no cover - the verifiers package ships with lotts
-        check_scores = _fallback_check_scores
-    return check_scores(scores, n, name)
-
-
-def _fallback_check_scores(scores: Any, n: int, name: str) -> torch.Tensor:
-    scores = torch.as_tensor(scores, dtype=torch.float32).flatten().cpu()
-    if scores.numel() != n:
-        raise ValueError(f"{name} returned {scores.numel()} scores for {n} images")
-    if not torch.isfinite(scores).all():
-        raise ValueError(f"{name} returned non-finite scores: {scores.tolist()}")
-    return scores
-
-
-def resolve_verifier(spec: VerifierSpec, **options: Any) -> Callable[..., Any]:
-    """A callable `(images, prompts) -> scores` from a name, a path or a callable."""
-    try:
-        from lotts.verifiers import load_verifier
-    except ImportError:  # pragma: no cover
-        load_verifier = None
-    if load_verifier is not None:
-        return load_verifier(spec, **options)
-    if callable(spec):
-        return spec
-    raise ValueError(f"verifier {spec!r} is not callable and lotts.verifiers is unavailable")
-
-
 def verifier_name(verifier: Any) -> str:
     return (getattr(verifier, "name", None) or getattr(verifier, "__name__", None)
             or type(verifier).__name__)
@@ -83,9 +53,9 @@ def _report_verifiers(report_with: Any, options: dict) -> dict[str, Callable[...
     if report_with is None:
         return {}
     if isinstance(report_with, dict):
-        return {name: resolve_verifier(spec, **options) for name, spec in report_with.items()}
+        return {name: load_verifier(spec, **options) for name, spec in report_with.items()}
     specs = [report_with] if isinstance(report_with, str) or callable(report_with) else report_with
-    loaded = [resolve_verifier(spec, **options) for spec in specs]
+    loaded = [load_verifier(spec, **options) for spec in specs]
     return {verifier_name(v): v for v in loaded}
 
 
@@ -143,7 +113,7 @@ class LoTTS:
         if spec is None:
             raise ValueError("LoTTS needs a verifier (verifier= or select_with=)")
         options = verifier_options or {}
-        self.verifier = resolve_verifier(spec, **options)
+        self.verifier = load_verifier(spec, **options)
         self.report_verifiers = _report_verifiers(report_with, options)
         self.on_phase = on_phase
 
@@ -354,7 +324,7 @@ class _Session:
         with self.meter.phase("verify"):
             images = [self.candidates[i].image for i in indices]
             raw = verifier(images, [self.run.prompt] * len(images))
-            scores = _check_scores(raw, len(images), verifier_name(verifier))
+            scores = check_scores(raw, len(images), verifier_name(verifier))
             self.meter.count_verifier(len(images))
         for i, score in zip(indices, scores.tolist()):
             self.candidates[i].score = float(score)
@@ -366,7 +336,7 @@ class _Session:
         with self.meter.phase("report"):
             for name, verifier in self.owner.report_verifiers.items():
                 raw = verifier([self.candidates[selected].image], [self.run.prompt])
-                scores[name] = float(_check_scores(raw, 1, name)[0])
+                scores[name] = float(check_scores(raw, 1, name)[0])
         if not self.owner.report_verifiers:
             self.meter.cost.seconds.pop("report", None)
         return LoTTSResult(self.run.prompt, self.candidates, selected, self.meter.cost, scores,
