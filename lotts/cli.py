@@ -391,15 +391,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # demo
 # --------------------------------------------------------------------------------------------
-DEMO_PROMPTS = (
-    "a red apple on a wooden table",
-    "a lighthouse on a cliff at sunset",
-    "a cat sleeping on a blue sofa",
-    "a yellow taxi in the rain at night",
-)
-DEMO_STEPS = 12
-
-
 @dataclass
 class EmbeddedDefault:
     """What the demo runs: a pipeline, verifiers that need no download, prompts, settings."""
@@ -415,28 +406,12 @@ class EmbeddedDefault:
 
 
 def embedded_default() -> EmbeddedDefault:
-    """The demo's world. Until a trained miniature model ships, a tiny random-weight SD-like
-    pipeline built offline, scored by image statistics. Replace this one function to change
-    what ``lotts demo`` shows."""
-    from lotts.testing import build_tiny_pipeline
+    """The demo's world: the committed miniature world (``lotts.world``), a StableDiffusionPipeline
+    trained from scratch on shape scenes with two clean-vs-defect verifiers. Replace this one
+    function to change what ``lotts demo`` shows."""
+    from lotts.world.demo import embedded_world
 
-    return EmbeddedDefault(
-        pipe=build_tiny_pipeline("sd", seed=0),
-        model="embedded:tiny-sd (random weights)",
-        verifier="stat-colorfulness",
-        report_with=["stat-sharpness", "stat-contrast"],
-        prompts=list(DEMO_PROMPTS),
-        pipe_kwargs={"height": 64, "width": 64, "num_inference_steps": DEMO_STEPS,
-                     "guidance_scale": 5.0},
-        config=_config_class()(num_seeds=3, num_refinements=2, mask_ratio=0.5),
-        notes=[
-            "The embedded default is a tiny pipeline with random weights: its images are "
-            "random-weight pictures (texture and colour noise), not depictions of the prompts.",
-            "Verifiers are stand-ins that need no weights: stat-colorfulness (selection), "
-            "stat-sharpness and stat-contrast (held-out) are image statistics, not reward "
-            "models. Use `lotts generate` with a real model and verifier for real results.",
-        ],
-    )
+    return EmbeddedDefault(**embedded_world())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -447,7 +422,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
               items=[PromptItem(i, p) for i, p in enumerate(world.prompts[: args.num_prompts])],
               out=args.out, methods=METHODS, config=world.config, best_of_n=None,
               verifier=world.verifier, verifiers=verifiers,
-              pipe_kwargs=dict(world.pipe_kwargs, num_inference_steps=args.steps),
+              pipe_kwargs=dict(world.pipe_kwargs, **({"num_inference_steps": args.steps}
+                                                     if args.steps else {})),
               seed=args.seed, save_candidates=True, quiet=args.quiet, notes=world.notes,
               title="LoTTS demo (embedded default)")
     from lotts.batch import one_cpu_thread
@@ -511,10 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", parents=[common], help="the whole method end to end on "
                                "the embedded default: no download, no GPU")
     demo.add_argument("--out", type=Path, required=True)
-    demo.add_argument("--num-prompts", type=_positive_int, default=len(DEMO_PROMPTS))
+    demo.add_argument("--num-prompts", type=_positive_int, default=None,
+                      help="use only the first N of the demo prompts")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--steps", type=_positive_int, default=DEMO_STEPS,
-                      help="denoising steps (LoTTS's t0 is half of them)")
+    demo.add_argument("--steps", type=_positive_int, default=None,
+                      help="denoising steps (default: the embedded world's; t0 is half of them)")
     demo.set_defaults(handler=cmd_demo)
 
     from lotts import bench

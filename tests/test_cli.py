@@ -167,9 +167,10 @@ def test_demo_runs_end_to_end_offline(tmp_path, capsys):
                          "--quiet")
     assert code == 0
     html = (tmp_path / "report.html").read_text()
-    assert "random-weight pictures" in html and "stand-ins" in html
+    assert "miniature world" in html and "a red circle above a blue square" in html
     record = read_jsonl(tmp_path / "lotts" / "manifest.jsonl")[0]
     assert len(record["seeds"]) == 9 and record["grid"]
+    assert set(record["scores"]) == {"world-clean-a", "world-clean-b"}
     assert len(read_jsonl(tmp_path / "best-of-n" / "manifest.jsonl")[0]["seeds"]) == 9
 
 

@@ -71,6 +71,76 @@ def test_plain_prompt_defect_rate_is_in_range():
     assert len(plain) > 200 and 0.3 <= rate <= 0.5, rate
 
 
+# ----- token grounding used in training ----------------------------------------------------
+def _two_shape_scene():
+    return scenes.Scene((scenes.Shape("circle", "red", (20.0, 20.0), 10.0),
+                         scenes.Shape("triangle", "orange", (44.0, 44.0), 10.0)), ("white",),
+                        caption="a red circle above an orange triangle")
+
+
+def test_grounding_finds_the_quality_and_shape_words():
+    from lotts.testing import clip_tokenizer
+    from lotts.world.grounding import GroupTokens
+    tok = clip_tokenizer()
+    scene = _two_shape_scene()
+    finder = GroupTokens(tok)
+    low = tok(scenes.LOW_QUALITY.format(scene.caption)).input_ids  # BOS a low - quality image of
+    words = finder.positions(low, scene)
+    assert words[0].nonzero().flatten().tolist() == [2, 3, 4]
+    assert [low[i] for i in words[1].nonzero().flatten()] == tok("red circle",
+                                                                add_special_tokens=False).input_ids
+    assert [low[i] for i in words[2].nonzero().flatten()] == tok(
+        "orange triangle", add_special_tokens=False).input_ids
+    assert words[3].sum() == 0  # no third shape
+    high = finder.positions(tok(scenes.HIGH_QUALITY.format(scene.caption)).input_ids, scene)
+    plain = finder.positions(tok(scene.caption).input_ids, scene)
+    assert high[0].sum() == 0 and plain[0].sum() == 0  # only low-quality words are grounded
+    assert plain[1].sum() == 2 and plain[2].sum() == 2
+
+
+def test_grounding_loss_is_zero_inside_and_one_minus_area_when_uniform():
+    from lotts.world.grounding import LATENT, grounding_loss
+    torch.manual_seed(0)
+    regions = torch.zeros(2, 1, LATENT, LATENT)
+    regions[0, 0, 3:9, 2:7] = 1
+    regions[1, 0, 10:, 5:] = 1
+    words = torch.zeros(2, 1, 7)
+    words[:, 0, 3] = 1
+    inside = torch.rand(2, LATENT * LATENT, 7)  # random mass on the other keys
+    inside[..., 3] = regions.flatten(2)[:, 0] * 5  # the grounded key only inside the region
+    inside = inside / inside.sum(-1, keepdim=True)
+    valid = torch.ones(2, 1)
+    assert grounding_loss([inside], words, regions, valid).item() < 1e-6
+    uniform = torch.full((2, LATENT * LATENT, 7), 1 / 7)
+    coarse = torch.full((2, (LATENT // 2) ** 2, 7), 1 / 7)  # a coarser layer pools the region
+    expected = 1 - regions.mean(dim=(1, 2, 3)).mean()
+    assert grounding_loss([uniform, coarse], words, regions, valid).item() == pytest.approx(
+        expected.item(), abs=1e-5)
+    assert grounding_loss([uniform], words, regions, torch.zeros(2, 1)).item() == 0.0
+
+
+def test_cross_attention_recorder_matches_the_default_processor():
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from lotts.world.grounding import install_recorder
+    from lotts.world.train import build_unet_and_text
+    torch.manual_seed(0)
+    unet, text = build_unet_and_text()
+    unet.eval()
+    z, t = torch.randn(3, 4, 16, 16), torch.tensor([5, 500, 999])
+    cond = text(torch.randint(0, 49000, (3, 77)))[0]
+    with torch.no_grad():
+        unet.set_attn_processor(AttnProcessor2_0())
+        expected = unet(z, t, cond).sample
+        recorder = install_recorder(unet)
+        got = unet(z, t, cond).sample
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    layers = [name for name in unet.attn_processors if ".attn2." in name]
+    assert len(recorder.maps) == len(layers) > 0
+    for probs in recorder.maps:
+        assert probs.shape[0] == 3 and probs.shape[-1] == 77
+        torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]))
+
+
 # ----- committed pipeline --------------------------------------------------------------------
 def test_committed_world_is_small_and_float16():
     from safetensors import safe_open

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lotts.world import scenes
-from lotts.world.verifier_models import VERIFIER_ARCHS, build_verifier, images_to_tensor
+from lotts.world import grounding, scenes
+from lotts.world.verifier_models import build_verifier, images_to_tensor
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 CKPT = Path(os.environ.get("LOTTS_WORLD_CKPT", "/tmp/world_ckpt"))
@@ -46,8 +46,9 @@ STAGES = {
     # the VAE is fully convolutional (plus attention at latent resolution): it trains on random
     # 32x32 crops, a quarter of the cost of whole images
     "vae": dict(steps=1000, batch=32, crop=32, lr=2e-3, kl=1e-6),
-    "diffusion": dict(steps=2200, batch=32, lr=8e-4, warmup=100, cfg_dropout=0.1, ema=0.998,
-                      ckpt_every=100),
+    # grounding: weight of the token-grounding loss (lotts/world/grounding.py)
+    "diffusion": dict(steps=3200, batch=32, lr=8e-4, warmup=100, cfg_dropout=0.1, ema=0.998,
+                      ckpt_every=100, grounding=0.05),
     "verifier_a": dict(steps=2500, batch=32, lr=1e-3, seed=101, roundtrip=0.6, arch="a"),
     "verifier_b": dict(steps=2500, batch=32, lr=1e-3, seed=202, roundtrip=0.4, arch="b"),
 }
@@ -68,7 +69,7 @@ UNET_CONFIG = dict(sample_size=16, in_channels=4, out_channels=4,
                    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
                    layers_per_block=1, norm_num_groups=16, cross_attention_dim=64,
-                   attention_head_dim=32, use_linear_projection=True)
+                   attention_head_dim=(1, 2, 2), use_linear_projection=True)
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                         beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
                         steps_offset=1, prediction_type="epsilon")
@@ -79,19 +80,27 @@ def log(*args):
 
 
 # ----- data ----------------------------------------------------------------------------------
-def make_examples(seed: int, n: int):
-    """n captioned examples: images uint8 (n, 64, 64, 3), captions, defect flags."""
+def make_examples(seed: int, n: int, with_regions: bool = False):
+    """n captioned examples: images uint8 (n, 64, 64, 3), captions, defect flags, and with
+    `with_regions` the scenes and their latent-resolution grounding regions (n, G, 16, 16)."""
     rng = np.random.default_rng(seed)
     images = np.empty((n, scenes.SIZE, scenes.SIZE, 3), np.uint8)
-    captions, defective = [], np.zeros(n, bool)
+    captions, defective, scene_list = [], np.zeros(n, bool), []
+    regions = np.zeros((n if with_regions else 0, grounding.MAX_GROUPS, grounding.LATENT,
+                        grounding.LATENT), np.float16)
     for i in range(n):
         scene = scenes.sample_scene(rng)
-        image = scenes.render(scene)
+        image, defect = scenes.render(scene), None
         if rng.random() < DEFECT_RATE:
-            image, _ = scenes.plant_defect(image, scene, rng)
+            image, defect = scenes.plant_defect(image, scene, rng)
             defective[i] = True
         images[i] = image
         captions.append(scene.caption)
+        if with_regions:
+            scene_list.append(scene)
+            regions[i] = grounding.example_regions(scene, defect)
+    if with_regions:
+        return images, captions, defective, scene_list, regions
     return images, captions, defective
 
 
@@ -170,22 +179,25 @@ def build_unet_and_text():
     return unet, text
 
 
-def train_diffusion(latents, latent_std, ids, defective, cfg, seed, scaling, ckpt: Path,
-                    state: dict):
-    """ids: (n, 3, L) token ids of [plain caption, quality-templated caption, empty]."""
+def train_diffusion(latents, latent_std, ids, group_tokens, regions, cfg, seed, scaling,
+                    ckpt: Path, state: dict):
+    """ids: (n, 3, L) token ids of [plain caption, quality-templated caption, empty];
+    group_tokens (n, 3, G, L) bool: grounded words of each; regions (n, G, 16, 16)."""
     from diffusers import DDPMScheduler
     torch.manual_seed(seed)
     unet, text = build_unet_and_text()
+    recorder = grounding.install_recorder(unet)
     ema = {k: v.detach().clone() for k, v in
            list(unet.state_dict().items()) + [("text." + k, v) for k, v in text.state_dict().items()]}
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
-    start, losses = 0, []
+    start, losses, ground_losses = 0, [], []
     if (ckpt / "diffusion.pt").exists():
         blob = torch.load(ckpt / "diffusion.pt", weights_only=False)
         unet.load_state_dict(blob["unet"]), text.load_state_dict(blob["text"])
         opt.load_state_dict(blob["opt"])
         ema, start, losses = blob["ema"], blob["step"], blob["losses"]
+        ground_losses = blob.get("ground_losses", [])
         torch.set_rng_state(blob["torch_rng"])
         state.setdefault("diffusion_resumed_at", []).append(start)
         log(f"diffusion: resumed at step {start}")
@@ -207,15 +219,23 @@ def train_diffusion(latents, latent_std, ids, defective, cfg, seed, scaling, ckp
         u = rng.random(cfg["batch"])
         which = np.where(u < cfg["cfg_dropout"], 2,
                          np.where(rng.random(cfg["batch"]) < PLAIN_SHARE, 0, 1))
-        tokens = ids[idx, torch.from_numpy(which)]
+        which = torch.from_numpy(which)
+        tokens = ids[idx, which]
         t = torch.randint(0, 1000, (cfg["batch"],))
         noise = torch.randn_like(z0)
         a = abar[t].sqrt().view(-1, 1, 1, 1)
         s = (1 - abar[t]).sqrt().view(-1, 1, 1, 1)
         cond = text(tokens)[0]
+        recorder.maps.clear()
         pred = unet(a * z0 + s * noise, t, cond).sample
         loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
         loss = (loss * weight_t[t]).mean()
+        words = group_tokens[idx, which].float()
+        valid = (words.sum(-1) > 0).float()
+        valid[:, 0] *= (t <= grounding.QUALITY_MAX_T).float()
+        ground = grounding.grounding_loss(recorder.maps, words, regions[idx].float(), valid)
+        ground_losses.append(ground.item())
+        loss = loss + cfg["grounding"] * ground
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -231,16 +251,20 @@ def train_diffusion(latents, latent_std, ids, defective, cfg, seed, scaling, ckp
                     v.copy_(current[k])
         losses.append(loss.item())
         if step % 25 == 0 or step == steps - 1:
-            log(f"diffusion step {step}/{steps} loss {np.mean(losses[-25:]):.4f} lr {lr:.2e} "
-                f"({time.time() - t0:.0f}s)")
+            log(f"diffusion step {step}/{steps} loss {np.mean(losses[-25:]):.4f} grounding "
+                f"{np.mean(ground_losses[-25:]):.3f} lr {lr:.2e} ({time.time() - t0:.0f}s)")
         if (step + 1) % cfg["ckpt_every"] == 0 or step == steps - 1:
             tmp = ckpt / "diffusion.pt.tmp"
             torch.save(dict(unet=unet.state_dict(), text=text.state_dict(), opt=opt.state_dict(),
-                            ema=ema, step=step + 1, losses=losses, torch_rng=torch.get_rng_state()),
+                            ema=ema, step=step + 1, losses=losses,
+                            ground_losses=ground_losses, torch_rng=torch.get_rng_state()),
                        tmp)
             tmp.replace(ckpt / "diffusion.pt")
     state["diffusion_seconds"] = state.get("diffusion_seconds", 0.0) + time.time() - t0
     state["diffusion_final_loss"] = float(np.mean(losses[-100:])) if losses else None
+    state["grounding_final_loss"] = float(np.mean(ground_losses[-100:])) if ground_losses else None
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    unet.set_attn_processor(AttnProcessor2_0())
     unet.load_state_dict({k: v for k, v in ema.items() if not k.startswith("text.")})
     text.load_state_dict({k[5:]: v for k, v in ema.items() if k.startswith("text.")})
     return unet.eval(), text.eval()
@@ -369,7 +393,7 @@ def main(argv=None):
     if "vae" in stages or "diffusion" in stages:
         t0 = time.time()
         n = sc(STAGES["data"]["num_examples"])
-        images, captions, defective = make_examples(SEED, n)
+        images, captions, defective, scene_list, regions = make_examples(SEED, n, with_regions=True)
         state["data_seconds"] = time.time() - t0
         log(f"data: {n} examples, defect share {defective.mean():.3f} "
             f"({state['data_seconds']:.0f}s)")
@@ -402,11 +426,17 @@ def main(argv=None):
                      for c, d in zip(captions, defective)]
         ids = torch.stack([tokenize(tok, captions), tokenize(tok, templated),
                            tokenize(tok, [""] * len(captions))], dim=1)
+        finder = grounding.GroupTokens(tok)
+        group_tokens = torch.stack([
+            torch.stack([finder.positions(ids[i, j].tolist(), scene) for j in range(2)]
+                        + [torch.zeros(grounding.MAX_GROUPS, ids.shape[-1])])
+            for i, scene in enumerate(scene_list)]).bool()
         state["encode_seconds"] = time.time() - t0
         log(f"latents {tuple(latents.shape)} std {float(latents.std() * scaling):.3f} "
             f"({state['encode_seconds']:.0f}s)")
         cfg = dict(STAGES["diffusion"], steps=sc(STAGES["diffusion"]["steps"]))
-        unet, text = train_diffusion(latents, latent_std, ids, defective, cfg, SEED + 2, scaling,
+        unet, text = train_diffusion(latents, latent_std, ids, group_tokens,
+                                     torch.from_numpy(regions), cfg, SEED + 2, scaling,
                                      args.ckpt, state)
         save_pipeline(vae, unet, text, args.out / "pipeline")
         save_state()
