@@ -11,7 +11,7 @@ tuned). Measures, with the committed world (lotts/world/assets) and the public s
    and defect rate of the selected images, NFE and seconds, and the N at which Best-of-N first
    matches LoTTS;
 3. faithfulness: mean absolute pixel change outside the mask between parent and refinement.
-Writes benchmarks/results/world_eval[_smoke].json and (full run) the tables into
+Writes benchmarks/world_eval_rows/world_eval.json (smoke: benchmarks/results/) and (full run) the tables into
 benchmarks/RESULTS.md between the world-eval markers.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+ROWS = HERE / "world_eval_rows" / "world_eval.json"
 BEGIN, END = "<!-- world-eval:begin -->", "<!-- world-eval:end -->"
 
 
@@ -111,7 +112,7 @@ def tables(result: dict) -> str:
     lines += ["", f"Run: {m['platform']}, torch {m['torch']}, {m['threads']} threads, load average "
               f"{m['loadavg'][0]:.1f}; localization {result['seconds']['localization']:.0f} s, "
               f"scaling {result['seconds']['scaling']:.0f} s. Per-prompt rows: "
-              "benchmarks/results/world_eval.json."]
+              f"`{ROWS.relative_to(HERE.parent)}`."]
     return "\n".join(lines)
 
 
@@ -136,7 +137,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-results-md", action="store_true")
     args = parser.parse_args(argv)
     result = run(args.smoke, args.spec, args.threads)
-    out = HERE / "results" / ("world_eval_smoke.json" if args.smoke else "world_eval.json")
+    # full runs' per-prompt rows are committed next to RESULTS.md; smoke runs are scratch
+    out = HERE / "results" / "world_eval_smoke.json" if args.smoke else ROWS
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=float))
     text = tables(json.loads(out.read_text()))
