@@ -42,7 +42,9 @@ def parse_settings(items: list[str]) -> dict:
     fields = {f.name: f for f in dataclasses.fields(LoTTSConfig)}
     out = {}
     for item in items:
-        name, _, text = item.partition("=")
+        name, equals, text = item.partition("=")
+        if not equals:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE")
         if name not in fields:
             raise SystemExit(f"--set {item!r}: {name!r} is not a LoTTSConfig field")
         try:
@@ -52,11 +54,18 @@ def parse_settings(items: list[str]) -> dict:
     return out
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pipeline", type=Path, default=None,
                         help="a saved StableDiffusionPipeline (default: the committed world)")
-    parser.add_argument("--cases", type=int, default=30)
+    parser.add_argument("--cases", type=_positive_int, default=30)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a LoTTSConfig field for the localization (repeatable)")
     args = parser.parse_args(argv)

@@ -64,7 +64,7 @@ def run(smoke: bool = False, spec_path: Path | None = None, threads: int | None 
             "localization": loc, "scaling": scal}
 
 
-def tables(result: dict) -> str:
+def tables(result: dict, rows_path: str = "") -> str:
     loc = result["localization"]["summary"]
     sc = result["scaling"]["summary"]
     lines = ["### 1. Localization of planted defects",
@@ -112,7 +112,7 @@ def tables(result: dict) -> str:
     lines += ["", f"Run: {m['platform']}, torch {m['torch']}, {m['threads']} threads, load average "
               f"{m['loadavg'][0]:.1f}; localization {result['seconds']['localization']:.0f} s, "
               f"scaling {result['seconds']['scaling']:.0f} s. Per-prompt rows: "
-              f"`{ROWS.relative_to(HERE.parent)}`."]
+              f"`{rows_path}`."]
     return "\n".join(lines)
 
 
@@ -137,11 +137,17 @@ def main(argv=None) -> int:
     parser.add_argument("--no-results-md", action="store_true")
     args = parser.parse_args(argv)
     result = run(args.smoke, args.spec, args.threads)
-    # full runs' per-prompt rows are committed next to RESULTS.md; smoke runs are scratch
-    out = HERE / "results" / "world_eval_smoke.json" if args.smoke else ROWS
+    # per-prompt rows of full runs on the committed spec are kept next to RESULTS.md; smoke runs
+    # and other specs write scratch files
+    if args.smoke:
+        out = HERE / "results" / "world_eval_smoke.json"
+    elif args.spec is None:
+        out = ROWS
+    else:
+        out = HERE / "results" / f"world_eval_{args.spec.stem}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=float))
-    text = tables(json.loads(out.read_text()))
+    text = tables(json.loads(out.read_text()), str(out.relative_to(HERE.parent)))
     print(text)
     if not args.smoke and not args.no_results_md:
         write_results_md(text)

@@ -411,7 +411,11 @@ def embedded_default() -> EmbeddedDefault:
     function to change what ``lotts demo`` shows."""
     from lotts.world.demo import embedded_world
 
-    return EmbeddedDefault(**embedded_world())
+    try:
+        return EmbeddedDefault(**embedded_world())
+    except (OSError, ValueError) as error:  # missing/corrupt assets, an incompatible diffusers
+        raise UsageError(f"cannot load the miniature world (lotts/world/assets): {error}\n  -> "
+                         "reinstall lotts, or retrain it with `python -m lotts.world.train`") from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

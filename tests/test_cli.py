@@ -174,6 +174,14 @@ def test_demo_runs_end_to_end_offline(tmp_path, capsys):
     assert len(read_jsonl(tmp_path / "best-of-n" / "manifest.jsonl")[0]["seeds"]) == 9
 
 
+def test_demo_without_the_world_assets_is_a_clear_usage_error(tmp_path, capsys, monkeypatch):
+    import lotts.world.evaluate
+    monkeypatch.setattr(lotts.world.evaluate, "PIPELINE_DIR", tmp_path / "missing")
+    code, _, err = run_cli(capsys, "demo", "--out", tmp_path / "o", "--quiet")
+    assert code == 2 and "cannot load the miniature world" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_bench_on_cpu_reports_nfe_and_time_ratios(tmp_path, capsys):
     results = tmp_path / "RESULTS.md"
     code, text, _ = run_cli(capsys, "bench", "--device", "cpu", "--backbones", "sd21", "--steps", "4",

@@ -119,6 +119,35 @@ def test_grounding_loss_is_zero_inside_and_one_minus_area_when_uniform():
     assert grounding_loss([uniform], words, regions, torch.zeros(2, 1)).item() == 0.0
 
 
+def test_grounding_regions_are_row_major_latent_cells():
+    from lotts.world.grounding import LATENT, example_regions
+    scene = scenes.Scene((scenes.Shape("circle", "red", (50.0, 10.0), 5.0),), ("white",),
+                         caption="a red circle")
+    region = np.zeros((scenes.SIZE, scenes.SIZE), bool)
+    region[40:48, 4:12] = True  # rows 40-47 (y), columns 4-11 (x)
+    regions = example_regions(scene, scenes.Defect("bite", region)).astype(np.float32)
+    assert regions.shape == (4, LATENT, LATENT)
+    assert np.unravel_index(regions[1].argmax(), regions[1].shape) == (2, 12)  # y=10, x=50
+    assert regions[0][10:12, 1:3].min() == 1.0 and regions[0].sum() == 4.0
+    assert regions[2:].sum() == 0
+    assert example_regions(scene, None)[0].sum() == 0
+
+
+def test_grounding_loss_pools_regions_for_coarse_layers_in_row_major_order():
+    from lotts.world.grounding import LATENT, grounding_loss
+    regions = torch.zeros(1, 1, LATENT, LATENT)
+    regions[0, 0, :2, 12:] = 1  # top-right 2x4 cells -> top-right 1x2 cells at half resolution
+    words = torch.ones(1, 1, 1)
+    side = LATENT // 2
+    right = torch.zeros(1, side * side, 1)
+    right[0, 6:8, 0] = 1  # row 0, columns 6-7 of the 8x8 grid
+    transposed = torch.zeros(1, side * side, 1)
+    transposed[0, [6 * side, 7 * side], 0] = 1  # rows 6-7, column 0: the same cells transposed
+    valid = torch.ones(1, 1)
+    assert grounding_loss([right], words, regions, valid).item() == pytest.approx(0.0, abs=1e-6)
+    assert grounding_loss([transposed], words, regions, valid).item() == pytest.approx(1.0)
+
+
 def test_cross_attention_recorder_matches_the_default_processor():
     from diffusers.models.attention_processor import AttnProcessor2_0
     from lotts.world.grounding import install_recorder

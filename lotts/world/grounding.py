@@ -87,8 +87,9 @@ class CrossAttentionRecorder:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, **kwargs):
-        if hidden_states.ndim != 3 or attn.group_norm is not None or attn.norm_cross \
-                or attn.spatial_norm is not None or attention_mask is not None:
+        if hidden_states.ndim != 3 or encoder_hidden_states is None or attention_mask is not None \
+                or attn.group_norm is not None or attn.norm_cross or attn.spatial_norm is not None \
+                or getattr(attn, "norm_q", None) is not None or getattr(attn, "norm_k", None) is not None:
             raise ValueError("CrossAttentionRecorder handles plain SD transformer cross-attention")
         batch = hidden_states.shape[0]
         query = attn.head_to_batch_dim(attn.to_q(hidden_states))

@@ -3,8 +3,8 @@ independent clean-vs-defect verifiers. Everything is seeded; every stage saves i
 interrupted run resumes where it stopped (``--resume``, the default).
 
     python -m lotts.world.train                      # full run, writes lotts/world/assets/
-    # fastest on 2 cores: two single-threaded processes in parallel (how the committed assets
-    # were made; one thread per process beats two threads on a shared machine)
+    # fastest on 2 cores: two single-threaded processes in parallel (one thread per process
+    # beats two threads on a shared machine; train_log.json says how the assets were made)
     python -m lotts.world.train --threads 1 --stages vae,diffusion &
     python -m lotts.world.train --threads 1 --stages verifiers       # waits for the VAE
     python -m lotts.world.train --scale 0.05 --out /tmp/world_small --ckpt /tmp/world_small_ckpt
@@ -27,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -192,13 +193,18 @@ def train_diffusion(latents, latent_std, ids, group_tokens, regions, cfg, seed, 
            list(unet.state_dict().items()) + [("text." + k, v) for k, v in text.state_dict().items()]}
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
-    start, losses, ground_losses = 0, [], []
+    start, losses, ground_losses, denoise_losses = 0, [], [], []
+    identity = {"unet": UNET_CONFIG, "text": TEXT_CONFIG, "examples": len(latents),
+                "steps": cfg["steps"], "grounding": cfg["grounding"]}
     if (ckpt / "diffusion.pt").exists():
         blob = torch.load(ckpt / "diffusion.pt", weights_only=False)
+        if blob.get("identity") != json.loads(json.dumps(identity)):
+            raise SystemExit(f"{ckpt / 'diffusion.pt'} was made by a different model, data set or "
+                             f"schedule ({blob.get('identity')}); use --fresh or another --ckpt")
         unet.load_state_dict(blob["unet"]), text.load_state_dict(blob["text"])
         opt.load_state_dict(blob["opt"])
         ema, start, losses = blob["ema"], blob["step"], blob["losses"]
-        ground_losses = blob.get("ground_losses", [])
+        ground_losses, denoise_losses = blob["ground_losses"], blob["denoise_losses"]
         torch.set_rng_state(blob["torch_rng"])
         state.setdefault("diffusion_resumed_at", []).append(start)
         log(f"diffusion: resumed at step {start}")
@@ -231,6 +237,7 @@ def train_diffusion(latents, latent_std, ids, group_tokens, regions, cfg, seed, 
         pred = unet(a * z0 + s * noise, t, cond).sample
         loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
         loss = (loss * weight_t[t]).mean()
+        denoise_losses.append(loss.item())
         words = group_tokens[idx, which].float()
         valid = (words.sum(-1) > 0).float()
         valid[:, 0] *= (t <= grounding.QUALITY_MAX_T).float()
@@ -258,12 +265,15 @@ def train_diffusion(latents, latent_std, ids, group_tokens, regions, cfg, seed, 
             tmp = ckpt / "diffusion.pt.tmp"
             torch.save(dict(unet=unet.state_dict(), text=text.state_dict(), opt=opt.state_dict(),
                             ema=ema, step=step + 1, losses=losses,
-                            ground_losses=ground_losses, torch_rng=torch.get_rng_state()),
+                            ground_losses=ground_losses, denoise_losses=denoise_losses,
+                            identity=json.loads(json.dumps(identity)), torch_rng=torch.get_rng_state()),
                        tmp)
             tmp.replace(ckpt / "diffusion.pt")
     state["diffusion_seconds"] = state.get("diffusion_seconds", 0.0) + time.time() - t0
     state["diffusion_final_loss"] = float(np.mean(losses[-100:])) if losses else None
     state["grounding_final_loss"] = float(np.mean(ground_losses[-100:])) if ground_losses else None
+    state["denoising_final_loss"] = float(np.mean(denoise_losses[-100:])) if denoise_losses else None
+    state["diffusion_steps"] = steps
     from diffusers.models.attention_processor import AttnProcessor2_0
     unet.set_attn_processor(AttnProcessor2_0())
     unet.load_state_dict({k: v for k, v in ema.items() if not k.startswith("text.")})
@@ -385,7 +395,7 @@ def main(argv=None):
     state_file = args.ckpt / f"state_{'_'.join(stages)}.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     state.update(scale=args.scale, seed=SEED, threads=args.threads,
-                 command="python -m lotts.world.train" + (f" --scale {args.scale}" if args.scale != 1 else ""))
+                 command=" ".join(["python -m lotts.world.train", *(argv or sys.argv[1:])]))
     save_state = lambda: state_file.write_text(json.dumps(state, indent=1))  # noqa: E731
     t_all = time.time()
     sc = lambda n: max(10, int(n * args.scale))  # noqa: E731
@@ -418,6 +428,9 @@ def main(argv=None):
         cache = args.ckpt / "latents.pt"
         if cache.exists():
             latents, latent_std = torch.load(cache)
+            if len(latents) != len(images):
+                raise SystemExit(f"{cache} holds {len(latents)} latents for {len(images)} examples "
+                                 "(another --scale?); use --fresh or another --ckpt")
         else:
             latents, latent_std = encode_all(vae, images)
             torch.save((latents, latent_std), cache)
