@@ -269,3 +269,26 @@ def test_world_eval_smoke():
     assert faith["refinements"] == 2 * 3 * 2
     assert 0.0 <= faith["mean_abs_change_outside"] < faith["mean_abs_change_inside"]
     assert "Localization" in tables(result)
+
+
+# ----- training script -----------------------------------------------------------------------
+def test_training_script_runs_every_stage_at_a_tiny_scale_and_refuses_a_mismatched_resume(tmp_path):
+    import json
+
+    from lotts.world import train
+    from lotts.world.evaluate import load_pipeline
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    argv = ["--scale", "0.004", "--out", str(out), "--ckpt", str(ckpt), "--threads", "1"]
+    train.main(argv)
+    log = json.loads((out / "train_log.json").read_text())
+    stage = log["vae_diffusion_verifiers"]
+    assert stage["diffusion_steps"] == 12 and np.isfinite(stage["denoising_final_loss"])
+    assert 0.0 < stage["grounding_final_loss"] < 1.0
+    assert stage["command"].endswith(" ".join(argv))
+    for name in ("verifier_a", "verifier_b"):
+        assert (out / name / "model.safetensors").is_file()
+    pipe = load_pipeline(out / "pipeline")
+    assert pipe.unet.config.attention_head_dim == [1, 2, 2]
+    with pytest.raises(SystemExit, match="latents"):  # the cache belongs to another data set
+        train.main(["--scale", "0.005", "--out", str(out), "--ckpt", str(ckpt), "--threads", "1",
+                    "--stages", "diffusion"])
