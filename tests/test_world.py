@@ -84,18 +84,23 @@ def test_grounding_finds_the_quality_and_shape_words():
     tok = clip_tokenizer()
     scene = _two_shape_scene()
     finder = GroupTokens(tok)
-    low = tok(scenes.LOW_QUALITY.format(scene.caption)).input_ids  # BOS a low - quality image of
-    words = finder.positions(low, scene)
+    low_prompt = scenes.LOW_QUALITY.format(scene.caption)
+    low = tok(low_prompt).input_ids  # BOS a low - quality image of
+    words = finder.positions(low_prompt, scene)
     assert words[0].nonzero().flatten().tolist() == [2, 3, 4]
     assert [low[i] for i in words[1].nonzero().flatten()] == tok("red circle",
                                                                 add_special_tokens=False).input_ids
     assert [low[i] for i in words[2].nonzero().flatten()] == tok(
         "orange triangle", add_special_tokens=False).input_ids
     assert words[3].sum() == 0  # no third shape
-    high = finder.positions(tok(scenes.HIGH_QUALITY.format(scene.caption)).input_ids, scene)
-    plain = finder.positions(tok(scene.caption).input_ids, scene)
+    high = finder.positions(scenes.HIGH_QUALITY.format(scene.caption), scene)
+    plain = finder.positions(scene.caption, scene)
     assert high[0].sum() == 0 and plain[0].sum() == 0  # only low-quality words are grounded
     assert plain[1].sum() == 2 and plain[2].sum() == 2
+    table = finder.table([(scene.caption, low_prompt)], [scene])
+    assert table.shape == (1, 3, 4, 77) and table.dtype == torch.bool
+    assert torch.equal(table[0, 0], plain.bool()) and torch.equal(table[0, 1], words.bool())
+    assert not table[0, 2].any()  # the empty prompt grounds nothing
 
 
 def test_grounding_loss_is_zero_inside_and_one_minus_area_when_uniform():

@@ -16,8 +16,6 @@ Groups per example (regions at latent resolution, pooled further for coarser lay
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,27 +45,34 @@ def example_regions(scene: scenes.Scene, defect: scenes.Defect | None):
 
 
 class GroupTokens:
-    """Finds each group's key positions in tokenized prompts."""
+    """Finds each group's key positions in a prompt, tokenized as the pipeline encodes it.
 
-    def __init__(self, tokenizer):
+    The quality group is what LoTTS itself selects with ``token_selection="quality"``
+    (:func:`lotts.localization.token_positions`): the words that differ between the world's two
+    templates, here those of "low-quality", grounded only in low-quality prompts."""
+
+    def __init__(self, tokenizer, max_length: int = 77):
         def single(word: str) -> int:
             ids = tokenizer(word, add_special_tokens=False).input_ids
             if len(ids) != 1:
                 raise ValueError(f"grounding expects {word!r} to be one CLIP token, got {ids}")
             return ids[0]
+        self.tokenizer, self.max_length = tokenizer, max_length
         self.colour_ids = {c: single(c) for c in scenes.COLOURS}
         self.kind_ids = {k: single(k) for k in scenes.SHAPES}
-        self.low_prefix = tokenizer(scenes.LOW_QUALITY.split("{}")[0].strip(),
-                                    add_special_tokens=False).input_ids  # a low - quality image of
-        self.low_words = tokenizer("low-quality", add_special_tokens=False).input_ids
 
-    def positions(self, ids: Sequence[int], scene: scenes.Scene) -> torch.Tensor:
-        """(MAX_GROUPS, L) 0/1 key weights of each group in the prompt `ids` (with BOS)."""
-        ids = list(ids)
+    def positions(self, prompt: str, scene: scenes.Scene) -> torch.Tensor:
+        """(MAX_GROUPS, max_length) 0/1 key weights of each group in `prompt`."""
+        from lotts.localization import quality_spans, token_positions
+        ids = self.tokenizer(prompt, padding="max_length", max_length=self.max_length,
+                             truncation=True).input_ids
         out = torch.zeros(MAX_GROUPS, len(ids))
-        if ids[1: 1 + len(self.low_prefix)] == self.low_prefix:
-            start = 1 + self.low_prefix.index(self.low_words[0])
-            out[0, start: start + len(self.low_words)] = 1
+        if prompt == scenes.LOW_QUALITY.format(scene.caption):
+            templates = (scenes.HIGH_QUALITY, scenes.LOW_QUALITY)
+            spans = quality_spans(scene.caption, templates)[2]  # [original, positive, negative]
+            index, weight = token_positions(self.tokenizer, self.max_length, [prompt], "quality",
+                                            [spans])
+            out[0, index[0][weight[0] > 0]] = 1
         for i, shape in enumerate(scene.shapes):
             colour = self.colour_ids[shape.colour]
             if colour in ids:  # colours are distinct within a scene; the kind word follows
@@ -76,6 +81,14 @@ class GroupTokens:
                 if p + 1 < len(ids) and ids[p + 1] == self.kind_ids[shape.kind]:
                     out[1 + i, p + 1] = 1
         return out
+
+    def table(self, prompts: list[tuple[str, str]], scene_list: list[scenes.Scene]) -> torch.Tensor:
+        """(n, 3, MAX_GROUPS, max_length) bool for the training columns [plain caption,
+        quality-templated caption, empty prompt] of n examples (the empty prompt grounds nothing)."""
+        empty = torch.zeros(MAX_GROUPS, self.max_length)
+        return torch.stack([torch.stack([self.positions(plain, scene),
+                                         self.positions(templated, scene), empty])
+                            for (plain, templated), scene in zip(prompts, scene_list)]).bool()
 
 
 class CrossAttentionRecorder:

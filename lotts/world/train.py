@@ -1,6 +1,6 @@
 """Train the miniature world from scratch on CPU: VAE, then UNet + CLIP text encoder, then two
 independent clean-vs-defect verifiers. Everything is seeded; every stage saves its result, so an
-interrupted run resumes where it stopped (``--resume``, the default).
+interrupted run resumes where it stopped when rerun (``--fresh`` starts over).
 
     python -m lotts.world.train                      # full run, writes lotts/world/assets/
     # fastest on 2 cores: two single-threaded processes in parallel (one thread per process
@@ -18,7 +18,8 @@ Output (``--out``, default ``lotts/world/assets``):
 Stages and sizes are set in ``STAGES`` below (steps x batch); ``--scale`` multiplies the step and
 data counts. As two single-threaded processes the full run took 45 minutes on 2 CPU cores
 (diffusion 3200 steps at 0.70 s/step) and reproduced the committed weights byte for byte;
-``train_log.json`` of the committed assets has the measured wall times. The diffusion stage adds a token-grounding loss (``grounding.py``).
+``train_log.json`` of the committed assets has the measured wall times. The diffusion stage
+adds a token-grounding loss (``grounding.py``).
 """
 from __future__ import annotations
 
@@ -194,11 +195,12 @@ def train_diffusion(latents, latent_std, ids, group_tokens, regions, cfg, seed, 
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
     start, losses, ground_losses, denoise_losses = 0, [], [], []
-    identity = {"unet": UNET_CONFIG, "text": TEXT_CONFIG, "examples": len(latents),
-                "steps": cfg["steps"], "grounding": cfg["grounding"]}
+    identity = json.loads(json.dumps({  # as stored: tuples become lists
+        "unet": UNET_CONFIG, "text": TEXT_CONFIG, "examples": len(latents), "steps": cfg["steps"],
+        "grounding": cfg["grounding"]}))
     if (ckpt / "diffusion.pt").exists():
         blob = torch.load(ckpt / "diffusion.pt", weights_only=False)
-        if blob.get("identity") != json.loads(json.dumps(identity)):
+        if blob.get("identity") != identity:
             raise SystemExit(f"{ckpt / 'diffusion.pt'} was made by a different model, data set or "
                              f"schedule ({blob.get('identity')}); use --fresh or another --ckpt")
         unet.load_state_dict(blob["unet"]), text.load_state_dict(blob["text"])
@@ -266,7 +268,7 @@ def train_diffusion(latents, latent_std, ids, group_tokens, regions, cfg, seed, 
             torch.save(dict(unet=unet.state_dict(), text=text.state_dict(), opt=opt.state_dict(),
                             ema=ema, step=step + 1, losses=losses,
                             ground_losses=ground_losses, denoise_losses=denoise_losses,
-                            identity=json.loads(json.dumps(identity)), torch_rng=torch.get_rng_state()),
+                            identity=identity, torch_rng=torch.get_rng_state()),
                        tmp)
             tmp.replace(ckpt / "diffusion.pt")
     state["diffusion_seconds"] = state.get("diffusion_seconds", 0.0) + time.time() - t0
@@ -440,11 +442,8 @@ def main(argv=None):
                      for c, d in zip(captions, defective)]
         ids = torch.stack([tokenize(tok, captions), tokenize(tok, templated),
                            tokenize(tok, [""] * len(captions))], dim=1)
-        finder = grounding.GroupTokens(tok)
-        group_tokens = torch.stack([
-            torch.stack([finder.positions(ids[i, j].tolist(), scene) for j in range(2)]
-                        + [torch.zeros(grounding.MAX_GROUPS, ids.shape[-1])])
-            for i, scene in enumerate(scene_list)]).bool()
+        group_tokens = grounding.GroupTokens(tok, ids.shape[-1]).table(
+            list(zip(captions, templated)), scene_list)
         state["encode_seconds"] = time.time() - t0
         log(f"latents {tuple(latents.shape)} std {float(latents.std() * scaling):.3f} "
             f"({state['encode_seconds']:.0f}s)")
