@@ -104,6 +104,17 @@ def renoise(x0: torch.Tensor, alpha: float, sigma: float, seeds: Sequence[int],
                                          seed=int(seeds[b])) for b in range(x0.shape[0])])
 
 
+def localization_inputs(backbone: Any, settings: Any, prompt: str, config: Any
+                        ) -> tuple[Any, tuple[torch.Tensor, torch.Tensor]]:
+    """The 3-row conditioning of (original, positive, negative) prompts and their selected
+    tokens (index, weight), as :func:`localize` takes them."""
+    texts = localization_prompts(prompt, config.quality_prompts)
+    tokenizer, length = backbone.token_source(settings)
+    tokens = token_positions(tokenizer, length, texts, config.token_selection,
+                             quality_spans(prompt, config.quality_prompts))
+    return backbone.encode_rows(texts, settings), tokens
+
+
 def localize(run: Any, x0: torch.Tensor, seeds: Sequence[int], step: int, lam: float,
              ratio: float, cond: Any, tokens: tuple[torch.Tensor, torch.Tensor]) -> Localization:
     """Masks for the images whose clean latents are `x0` (B, ...).
@@ -111,6 +122,15 @@ def localize(run: Any, x0: torch.Tensor, seeds: Sequence[int], step: int, lam: f
     run: a :class:`~lotts.backbones.Run`; step: the localization step; cond: the 3-row
     conditioning of (original, positive, negative); tokens: their (index, weight).
     """
+    capture = localization_capture(run, x0, seeds, step, cond, tokens)
+    return mask_from_capture(capture, x0.shape[0], run.backbone.mask_grid(run.settings), lam,
+                             ratio)
+
+
+def localization_capture(run: Any, x0: torch.Tensor, seeds: Sequence[int], step: int, cond: Any,
+                         tokens: tuple[torch.Tensor, torch.Tensor]) -> AttentionCapture:
+    """The one localization forward: x0 re-noised to `step`, the three prompts batched, and the
+    attention it recorded (see :func:`localize` for the arguments)."""
     backbone, settings = run.backbone, run.settings
     batch, grid = x0.shape[0], backbone.mask_grid(settings)
     alpha, sigma = run.coefficients(step)
@@ -122,28 +142,39 @@ def localize(run: Any, x0: torch.Tensor, seeds: Sequence[int], step: int, lam: f
     with capture.installed(backbone.denoiser):
         backbone.forward(run.scheduler_at(step), noisy, run.timesteps[step], cond.rows(batch),
                          settings)
-    return _mask_from_capture(capture, batch, grid, lam, ratio)
+    return capture
 
 
-def _mask_from_capture(capture: AttentionCapture, batch: int, grid: tuple[int, int], lam: float,
-                       ratio: float) -> Localization:
+def contrast_maps(capture: AttentionCapture, batch: int) -> torch.Tensor:
+    """(B, 2, h, w): CA_diff = CA_neg - CA_pos (eq. 1) and CA_orig, on the cross-map grid."""
     maps = capture.cross_maps()  # (3B, h, w): original, positive, negative per image
     maps = maps.view(batch, 3, *maps.shape[-2:])
-    columns = torch.stack([maps[:, 2] - maps[:, 1], maps[:, 0]], dim=1)  # (B, 2, h, w)
+    return torch.stack([maps[:, 2] - maps[:, 1], maps[:, 0]], dim=1)
+
+
+def propagate_maps(capture: AttentionCapture, maps: torch.Tensor) -> torch.Tensor:
+    """(B, 2, N_sa): eq. (2), `maps` (B, 2, h, w) resized to the self-attention grid, times SA."""
+    columns = resize_maps(maps, capture.self_attention_grid).flatten(2).transpose(1, 2)
+    return capture.propagate(columns).transpose(1, 2)
+
+
+def mask_from_capture(capture: AttentionCapture, batch: int, grid: tuple[int, int], lam: float,
+                      ratio: float) -> Localization:
+    """Eqs. (1)-(4) on a recorded localization forward."""
+    propagated = propagate_maps(capture, contrast_maps(capture, batch))
     sa_grid = capture.self_attention_grid
-    columns = _resize(columns, sa_grid).flatten(2).transpose(1, 2)  # (B, N_sa, 2)
-    propagated = capture.propagate(columns).transpose(1, 2)  # (B, 2, N_sa)
     heat, mask = quality_mask(propagated[:, 0], propagated[:, 1], lam=lam, ratio=ratio)
     if tuple(sa_grid) != tuple(grid):
         # The method: min-max and (3) on the propagated maps, THEN P upsampled bilinearly to
         # the mask grid and (4) taken there (normalizing after upsampling reweights the terms).
-        heat = _resize(heat.view(batch, 1, *sa_grid), grid).flatten(1)
+        heat = resize_maps(heat.view(batch, 1, *sa_grid), grid).flatten(1)
         # Selection only: with lam = 0 and a constant second input, quality_mask ranks P itself.
         _, mask = quality_mask(heat, torch.zeros_like(heat), lam=0.0, ratio=ratio)
     return Localization(heat.view(batch, *grid), mask.view(batch, *grid))
 
 
-def _resize(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def resize_maps(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(..., h, w) maps resized bilinearly to `grid` (unchanged when already there)."""
     if tuple(x.shape[-2:]) == tuple(grid):
         return x
     return F.interpolate(x, size=grid, mode="bilinear", align_corners=False)

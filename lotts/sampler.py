@@ -23,12 +23,7 @@ from PIL import Image
 from lotts.backbones import Backbone, Run, detect_backbone
 from lotts.config import LoTTSConfig, ResolvedConfig, derive_seed
 from lotts.cost import CostMeter
-from lotts.localization import (
-    localization_prompts,
-    localize,
-    quality_spans,
-    token_positions,
-)
+from lotts.localization import localization_inputs, localize
 from lotts.resampling import (
     CachedTrajectory,
     NoisedTrajectory,
@@ -298,11 +293,8 @@ class _Session:
 
     def _localize(self, parents: list[int]):
         if self._loc is None:
-            texts = localization_prompts(self.run.prompt, self.config.quality_prompts)
-            tokenizer, length = self.backbone.token_source(self.run.settings)
-            tokens = token_positions(tokenizer, length, texts, self.config.token_selection,
-                                     quality_spans(self.run.prompt, self.config.quality_prompts))
-            self._loc = (self.backbone.encode_rows(texts, self.run.settings), tokens)
+            self._loc = localization_inputs(self.backbone, self.run.settings, self.run.prompt,
+                                            self.config)
         cond, tokens = self._loc
         x0 = torch.cat([self.candidates[p].latents for p in parents])
         seeds = [derive_seed(self.candidates[p].seed, "localize", p) for p in parents]

@@ -127,14 +127,14 @@ def test_heat_is_normalized_before_upsampling_to_the_mask_grid() -> None:
     bilinearly to the latent grid, keep its top r (4) there (SDXL: 64x64 maps, 128x128 latents)."""
     import torch.nn.functional as F
 
-    from lotts.localization import _mask_from_capture
+    from lotts.localization import mask_from_capture
 
     def mm(x):
         return (x - x.amin(1, keepdim=True)) / (x.amax(1, keepdim=True) - x.amin(1, keepdim=True))
 
     maps = torch.rand(3, 3, 3, generator=torch.Generator().manual_seed(1))  # orig, pos, neg
     lam, ratio = 1.0, 0.5
-    found = _mask_from_capture(_FakeCapture(maps), 1, (6, 6), lam, ratio)
+    found = mask_from_capture(_FakeCapture(maps), 1, (6, 6), lam, ratio)
     flat = maps.flatten(1)
     heat = (mm(flat[2:3] - flat[1:2]) + lam * mm(flat[0:1])).view(1, 1, 3, 3)
     heat = F.interpolate(heat, size=(6, 6), mode="bilinear", align_corners=False).flatten(1)

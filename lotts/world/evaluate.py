@@ -15,7 +15,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from lotts.world import scenes
@@ -87,83 +86,55 @@ def top_mask(heat: np.ndarray, count: int) -> np.ndarray:
 class Localizer:
     """LoTTS localization of given images, returning the heatmap of every ablation variant.
 
-    "full" is exactly the library's :func:`lotts.localization.localize` heatmap (checked on every
-    call); the other variants recombine the same captured maps:
+    "full" is the library's own heatmap (:func:`lotts.localization.mask_from_capture`); the
+    other variants recombine the maps of the same localization forward:
     no_propagation: P = mm(CA_diff) + lam * mm(CA_orig) without the SA product (eq. 2 skipped);
     diff_only: P = mm(CA'_diff) (no reweighting, lam = 0); orig_only: P = mm(CA'_orig)
     (reweighting map only); random: uniform noise.
     """
 
     def __init__(self, pipe: Any, config: Any = None, **pipe_kwargs: Any) -> None:
-        from lotts import LoTTS, LoTTSConfig
+        from lotts import LoTTSConfig
+        from lotts.backbones import detect_backbone
         self.config = config or LoTTSConfig()
-        self.runner = LoTTS(pipe, lambda images, prompts: torch.zeros(len(images)), self.config)
-        self.backbone = self.runner.backbone
+        self.backbone = detect_backbone(pipe)
         self.settings = self.backbone.settings(dict(pipe_kwargs))
 
     @torch.no_grad()
     def __call__(self, image: Image.Image, prompt: str, seed: int,
                  random_seed: int = 0) -> dict[str, np.ndarray]:
-        from lotts.attention_capture import AttentionCapture
         from lotts.backbones import Run
         from lotts.config import derive_seed
-        from lotts.localization import (localization_prompts, localize, quality_spans, renoise,
-                                        token_positions)
+        from lotts.localization import (contrast_maps, localization_capture,
+                                        localization_inputs, mask_from_capture, propagate_maps,
+                                        resize_maps)
         from lotts_kernels import quality_mask
 
         backbone, settings, config = self.backbone, self.settings, self.config
         cond = backbone.encode(prompt, settings)
         run = Run(backbone, settings, prompt, cond, backbone.noise_shape(settings))
         steps = config.resolved(backbone.name, run.num_steps)
-        texts = localization_prompts(prompt, config.quality_prompts)
-        tokenizer, length = backbone.token_source(settings)
-        tokens = token_positions(tokenizer, length, texts, config.token_selection,
-                                 quality_spans(prompt, config.quality_prompts))
-        loc_cond = backbone.encode_rows(texts, settings)
+        loc_cond, tokens = localization_inputs(backbone, settings, prompt, config)
         x0 = backbone.encode_image(image, settings)
         seeds = [derive_seed(seed, "localize", 0)]
-        step, grid = steps.localization_step, backbone.mask_grid(settings)
+        capture = localization_capture(run, x0, seeds, steps.localization_step, loc_cond, tokens)
+        grid = backbone.mask_grid(settings)
+        library = mask_from_capture(capture, 1, grid, config.lam, config.mask_ratio)
 
-        library = localize(run, x0, seeds, step, config.lam, config.mask_ratio, loc_cond, tokens)
-
-        alpha, sigma = run.coefficients(step)
-        everywhere = backbone.blend_mask(torch.ones(1, *grid, dtype=torch.bool, device=x0.device))
-        noisy = renoise(x0, alpha, sigma, seeds, everywhere).repeat_interleave(3, dim=0)
-        index, weight = tokens
-        capture = AttentionCapture(index, weight, torch.arange(0, 3, 3), grid,
-                                   backbone.capture_mode)
-        with capture.installed(backbone.denoiser):
-            backbone.forward(run.scheduler_at(step), noisy, run.timesteps[step], loc_cond.rows(1),
-                             settings)
-        maps = capture.cross_maps()
-        maps = maps.view(1, 3, *maps.shape[-2:])
-        raw = torch.stack([maps[:, 2] - maps[:, 1], maps[:, 0]], dim=1)  # (1, 2, h, w)
-        sa_grid = capture.self_attention_grid
-        columns = _resize(raw, sa_grid).flatten(2).transpose(1, 2)
-        prop = capture.propagate(columns).transpose(1, 2).reshape(1, 2, *sa_grid)
-        prop = _resize(prop, grid).flatten(2).float()
-        raw = _resize(raw, grid).flatten(2).float()
-        lam = config.lam
+        raw = contrast_maps(capture, 1)  # (1, 2, h, w)
+        prop = propagate_maps(capture, raw).reshape(1, 2, *capture.self_attention_grid)
+        prop = resize_maps(prop, grid).flatten(2).float()
+        raw = resize_maps(raw, grid).flatten(2).float()
         heat = {
-            "full": quality_mask(prop[:, 0], prop[:, 1], lam=lam, ratio=config.mask_ratio)[0],
-            "no_propagation": quality_mask(raw[:, 0], raw[:, 1], lam=lam, ratio=0.5)[0],
+            "full": library.heatmap.reshape(1, -1),
+            "no_propagation": quality_mask(raw[:, 0], raw[:, 1], lam=config.lam, ratio=0.5)[0],
             "diff_only": quality_mask(prop[:, 0], prop[:, 1], lam=0.0, ratio=0.5)[0],
             "orig_only": quality_mask(prop[:, 1], prop[:, 1], lam=0.0, ratio=0.5)[0],
         }
-        if not torch.allclose(heat["full"].view(-1).cpu(), library.heatmap.view(-1).float().cpu(),
-                              atol=1e-4):
-            raise RuntimeError("the ablation replica of localize() disagrees with the library")
         generator = torch.Generator().manual_seed(int(random_seed))
         out = {k: v.view(*grid).cpu().numpy() for k, v in heat.items()}
         out["random"] = torch.rand(grid, generator=generator).numpy()
-        out["library_mask"] = library.mask.view(*grid).cpu().numpy()
         return out
-
-
-def _resize(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(grid):
-        return x
-    return F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
 
 
 def generate(pipe, prompt: str, seed: int, **pipe_kwargs) -> Image.Image:
@@ -172,11 +143,11 @@ def generate(pipe, prompt: str, seed: int, **pipe_kwargs) -> Image.Image:
 
 
 def localization_eval(pipe, cases: list[dict], pipe_kwargs: dict, random_mask_seed: int,
-                      config: Any = None, keep_images: bool = False) -> dict:
+                      config: Any = None) -> dict:
     """Plant a defect in clean generated scenes and score each variant's heatmap against it."""
     localizer = Localizer(pipe, config, **pipe_kwargs)
     ratio = localizer.config.mask_ratio
-    rows, images = [], []
+    rows = []
     t0 = time.perf_counter()
     for i, case in enumerate(cases):
         scene = scenes.sample_scene(np.random.default_rng(case["scene_seed"]))
@@ -197,9 +168,6 @@ def localization_eval(pipe, cases: list[dict], pipe_kwargs: dict, random_mask_se
             row[f"{variant}_iou"] = iou(top_mask(h, int(round(ratio * n))), truth)
             row[f"{variant}_iou_matched"] = iou(top_mask(h, max(1, int(truth.sum()))), truth)
         rows.append(row)
-        if keep_images:
-            images.append(dict(clean=clean, damaged=Image.fromarray(damaged), region=defect.region,
-                               heat=heat))
     summary = {"cases": len(rows), "seconds": time.perf_counter() - t0, "mask_ratio": ratio}
     for variant in VARIANTS:
         for metric in ("auroc", "iou", "iou_matched"):
@@ -208,10 +176,7 @@ def localization_eval(pipe, cases: list[dict], pipe_kwargs: dict, random_mask_se
     kinds = sorted({r["kind"] for r in rows})
     summary["by_kind_full_auroc"] = {k: float(np.nanmean([r["full_auroc"] for r in rows
                                                           if r["kind"] == k])) for k in kinds}
-    out = {"summary": summary, "rows": rows}
-    if keep_images:
-        out["images"] = images
-    return out
+    return {"summary": summary, "rows": rows}
 
 
 # ----- scaling and faithfulness -------------------------------------------------------------
