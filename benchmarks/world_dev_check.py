@@ -1,19 +1,19 @@
 """Development check of the miniature world's localization, on seeds the evaluation never uses.
 
     python benchmarks/world_dev_check.py                                  # LoTTSConfig() defaults
-    python benchmarks/world_dev_check.py --set token_selection=quality --set localization_level=0.7
+    python benchmarks/world_dev_check.py --token-selection quality --localization-level 0.7
     python benchmarks/world_dev_check.py --pipeline /tmp/exported_checkpoint
 
 For looking at a model during training, or at a config option, without touching the fixed
 evaluation (benchmarks/world_eval_spec.json): cases are drawn from scene seeds 910000+,
 generation seeds 91000+ and defect seeds 95000+, which the spec does not contain. Numbers from
-here are diagnostics, never evaluation results.
+here are diagnostics, never evaluation results. Every LoTTSConfig field is an option, as in
+``lotts generate``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -36,38 +36,14 @@ def dev_cases(count: int) -> list[dict]:
     return cases
 
 
-def parse_settings(items: list[str]) -> dict:
-    """["lam=0.5", "token_selection=quality"] -> LoTTSConfig keyword arguments."""
-    from lotts import LoTTSConfig
-    fields = {f.name: f for f in dataclasses.fields(LoTTSConfig)}
-    out = {}
-    for item in items:
-        name, equals, text = item.partition("=")
-        if not equals:
-            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE")
-        if name not in fields:
-            raise SystemExit(f"--set {item!r}: {name!r} is not a LoTTSConfig field")
-        try:
-            out[name] = json.loads(text)
-        except json.JSONDecodeError:
-            out[name] = text
-    return out
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
+    from lotts.cli import UsageError, add_config_options, config_from_args, positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pipeline", type=Path, default=None,
                         help="a saved StableDiffusionPipeline (default: the committed world)")
-    parser.add_argument("--cases", type=_positive_int, default=30)
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="a LoTTSConfig field for the localization (repeatable)")
+    parser.add_argument("--cases", type=positive_int, default=30)
+    add_config_options(parser)
     args = parser.parse_args(argv)
 
     import torch
@@ -76,13 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     from lotts.world.evaluate import load_pipeline, load_spec, localization_eval
 
     torch.set_num_threads(1)
-    config = LoTTSConfig(**parse_settings(args.set))
+    try:
+        config = config_from_args(args)
+    except UsageError as error:
+        parser.error(str(error))
+    changed = {k: v for k, v in dataclasses.asdict(config).items()
+               if v != getattr(LoTTSConfig(), k)}
     pipe = load_pipeline(args.pipeline)
     pipe_kwargs = load_spec()["pipe_kwargs"]
     result = localization_eval(pipe, dev_cases(args.cases), pipe_kwargs, random_mask_seed=4321,
                                config=config)
     summary = result["summary"]
-    print(f"{args.cases} development cases, {' '.join(args.set) or 'LoTTSConfig() defaults'}")
+    setting = " ".join(f"{k}={v}" for k, v in changed.items()) or "LoTTSConfig() defaults"
+    print(f"{args.cases} development cases, {setting}")
     print("| variant | AUROC | IoU (r=0.5) |\n|---|---|---|")
     for variant in ("full", "no_propagation", "diff_only", "orig_only", "random"):
         print(f"| {variant} | {summary[f'{variant}_auroc']:.3f} | {summary[f'{variant}_iou']:.3f} |")

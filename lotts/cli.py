@@ -284,7 +284,7 @@ def _pipe_arg(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
@@ -292,7 +292,7 @@ def _positive_int(text: str) -> int:
 
 
 def _best_of_n_arg(text: str) -> Union[int, str]:
-    return "matched" if text == "matched" else _positive_int(text)
+    return "matched" if text == "matched" else positive_int(text)
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -320,10 +320,10 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-candidates", action="store_true",
                         help="also save every candidate, mask, heatmap and a grid per prompt")
     pipe = parser.add_argument_group("pipeline options")
-    pipe.add_argument("--steps", type=_positive_int, default=None, help="num_inference_steps")
+    pipe.add_argument("--steps", type=positive_int, default=None, help="num_inference_steps")
     pipe.add_argument("--guidance-scale", type=float, default=None)
-    pipe.add_argument("--height", type=_positive_int, default=None)
-    pipe.add_argument("--width", type=_positive_int, default=None)
+    pipe.add_argument("--height", type=positive_int, default=None)
+    pipe.add_argument("--width", type=positive_int, default=None)
     pipe.add_argument("--negative-prompt", default=None)
     pipe.add_argument("--pipe-arg", type=_pipe_arg, action="append", default=[],
                       metavar="KEY=VALUE", help="any other pipeline call argument (VALUE as JSON)")
@@ -491,10 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", parents=[common], help="the whole method end to end on "
                                "the embedded default: no download, no GPU")
     demo.add_argument("--out", type=Path, required=True)
-    demo.add_argument("--num-prompts", type=_positive_int, default=None,
+    demo.add_argument("--num-prompts", type=positive_int, default=None,
                       help="use only the first N of the demo prompts")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--steps", type=_positive_int, default=None,
+    demo.add_argument("--steps", type=positive_int, default=None,
                       help="denoising steps (default: the embedded world's; t0 is half of them)")
     demo.set_defaults(handler=cmd_demo)
 
