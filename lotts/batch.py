@@ -22,6 +22,8 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
+from lotts.result import PHASES
+
 PromptId = Union[int, str]
 # (prompt, seed, on_phase) -> a LoTTS-style result; on_phase(name) reports the current phase.
 SampleFn = Callable[[str, int, Callable[[str], None]], Any]
@@ -31,7 +33,6 @@ RUN_FILE = "run.json"
 TMP_MARK = ".tmp-"
 IMAGES_DIR = "images"
 CANDIDATES_DIR = "candidates"
-PHASES = ("generate", "localize", "refine", "verify")
 PROMPT_COLUMNS = ("prompt", "text", "caption")
 
 

@@ -254,7 +254,7 @@ def run_job(job: Job) -> list[Path]:
     check_settings(job)
     state = job.state if job.state is not None else distributed_state(cpu=True)
     configure_pipeline_progress(job.pipe, job.quiet or not state.is_main_process)
-    held_out = {name: v for name, v in job.verifiers.items() if name != job.verifier}
+    held_out = {name: job.verifiers[name] for name in job.report_with}
     run_dirs = []
     for method in job.methods:
         run_dir = job.run_dir(method)

@@ -398,13 +398,15 @@ def compare_runs(dir_a: Union[str, os.PathLike], dir_b: Union[str, os.PathLike])
     """A markdown side-by-side of two runs over the prompts both finished: mean scores of the
     selected images (B - A) and cost (B / A), then one row per prompt."""
     run_a, run_b = load_run(dir_a), load_run(dir_b)
-    common = [r["id"] for r in run_a.records if r["id"] in {s["id"] for s in run_b.records}]
+    ids_b = {s["id"] for s in run_b.records}
+    common = [r["id"] for r in run_a.records if r["id"] in ids_b]
     if not common:
         raise ValueError(f"{str(dir_a)!r} and {str(dir_b)!r} share no finished prompt ids")
     keep = set(common)
     run_a.records = [r for r in run_a.records if r["id"] in keep]
     run_b.records = [r for r in run_b.records if r["id"] in keep]
-    verifiers = [v for v in verifier_names([run_a]) if v in verifier_names([run_b])]
+    names_b = set(verifier_names([run_b]))
+    verifiers = [v for v in verifier_names([run_a]) if v in names_b]
     sa, sb = summarize(run_a, verifiers), summarize(run_b, verifiers)
     name_a, name_b = f"A: {run_a.name} ({run_a.path.name})", f"B: {run_b.name} ({run_b.path.name})"
     lines = [f"# {name_a} vs {name_b}", "",
