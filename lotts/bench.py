@@ -146,13 +146,6 @@ class ClipTowerVerifier:
 # --------------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------------
-def _synchronize(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def call_kwargs(backbone: Backbone, scale: str, steps: int, size: Optional[int] = None) -> dict[str, Any]:
     size = size or (backbone.size if scale == "real" else TINY_SIZE)
     kwargs = {"height": size, "width": size, "num_inference_steps": steps,
@@ -170,13 +163,13 @@ def lotts_config(backbone: Backbone, steps: int) -> Any:
     return LoTTSConfig(num_seeds=3, num_refinements=2, mask_ratio=0.5, t0=t0, refine_batch_size=6)
 
 
-def measure(label: str, backbone: Backbone, n: int, run: Any, device: str) -> Measurement:
+def measure(label: str, backbone: Backbone, n: int, run: Any) -> Measurement:
     """Time one prompt's run, synchronized at both ends."""
-    _synchronize(device)
-    start = time.perf_counter()
+    from lotts_kernels.demo import synced_timer
+
+    start = synced_timer()
     result = run()
-    _synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds = synced_timer() - start
     cost = result.cost
     return Measurement(backbone.name, label, n, int(cost.nfe), seconds, int(cost.verifier_calls),
                        {k: float(v) for k, v in dict(cost.seconds).items()})
@@ -189,13 +182,13 @@ def bench_backbone(backbone: Backbone, scale: str, device: str, dtype: Any,
     steps = steps or backbone.steps
     rows = measure_methods(backbone, build_pipeline(backbone, scale, device, dtype),
                            ClipTowerVerifier(scale, device, dtype),
-                           call_kwargs(backbone, scale, steps, size), steps, device, deadline, log)
+                           call_kwargs(backbone, scale, steps, size), steps, deadline, log)
     _free(device)
     return rows
 
 
 def measure_methods(backbone: Backbone, pipe: Any, verifier: Any, kwargs: dict[str, Any],
-                    steps: int, device: str, deadline: Optional[float], log: Any) -> list[Measurement]:
+                    steps: int, deadline: Optional[float], log: Any) -> list[Measurement]:
     """Warm up both methods (kernel compilation, allocator) at 2 steps, then time LoTTS,
     Best-of-9 and the matched Best-of-N. Past ``deadline`` (a ``time.perf_counter()`` value)
     the matched Best-of-N is extrapolated linearly from N = 9 and marked so."""
@@ -217,22 +210,22 @@ def measure_methods(backbone: Backbone, pipe: Any, verifier: Any, kwargs: dict[s
     log(f"[bench] {backbone.name}: warm-up")
     sample_lotts(num_inference_steps=2, t0=1)
     sample_best_of(PAPER_N, num_inference_steps=2)
-    rows = [measure("lotts", backbone, PAPER_N, sample_lotts, device)]
+    rows = [measure("lotts", backbone, PAPER_N, sample_lotts)]
     log(f"[bench] {backbone.name}: lotts {rows[-1].seconds:.1f}s")
-    rows.append(measure("best-of-n", backbone, PAPER_N, lambda: sample_best_of(PAPER_N), device))
+    rows.append(measure("best-of-n", backbone, PAPER_N, lambda: sample_best_of(PAPER_N)))
     log(f"[bench] {backbone.name}: best-of-{PAPER_N} {rows[-1].seconds:.1f}s")
-    rows.append(matched_best_of_n(backbone, rows[-1], deadline, sample_best_of, device))
+    rows.append(matched_best_of_n(backbone, rows[-1], deadline, sample_best_of))
     log(f"[bench] {backbone.name}: best-of-{backbone.matched_n} {rows[-1].seconds:.1f}s"
         + (" (extrapolated)" if rows[-1].extrapolated else ""))
     return rows
 
 
 def matched_best_of_n(backbone: Backbone, nine: Measurement, deadline: Optional[float],
-                      run: Any, device: str) -> Measurement:
+                      run: Any) -> Measurement:
     n = backbone.matched_n
     projected = nine.seconds * n / nine.n
     if deadline is None or time.perf_counter() + projected <= deadline:
-        return measure("best-of-n", backbone, n, lambda: run(n), device)
+        return measure("best-of-n", backbone, n, lambda: run(n))
     scale = n / nine.n
     return Measurement(backbone.name, "best-of-n", n, round(nine.nfe * scale), projected,
                        round(nine.verifier_calls * scale), {}, extrapolated=True)

@@ -206,7 +206,7 @@ def test_bench_keeps_to_its_time_budget(tmp_path, capsys):
     assert code == 0 and "skipped, out of time budget: sd21, sdxl, flux" in text
     assert results.read_text().startswith("# earlier results\n")
     nine = bench.Measurement("sd21", "best-of-n", 9, 900, 9.0, 9)
-    row = bench.matched_best_of_n(bench.BACKBONES["sd21"], nine, 0.0, None, "cpu")
+    row = bench.matched_best_of_n(bench.BACKBONES["sd21"], nine, 0.0, None)
     assert row.extrapolated and (row.n, row.nfe, row.seconds) == (25, 2500, 25.0)
     assert "25 (extrapolated)" in bench.table([bench.Measurement("sd21", "lotts", 9, 618, 6.0, 9),
                                                nine, row])
