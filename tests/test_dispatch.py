@@ -5,25 +5,26 @@ import pytest
 import torch
 
 import lotts_kernels as kernels
-from lotts_kernels import _dispatch
+from lotts_kernels import dispatch as _dispatch
+from lotts_kernels import triton_utils
 from tests.helpers import randn
 
 
 def args_for_mask():
-    return [randn(2, 9, seed=1), randn(2, 9, seed=2)], (randn(2, 9, seed=1), randn(2, 9, seed=2), 1.0, 0.5)
+    return (randn(2, 9, seed=1), randn(2, 9, seed=2), 1.0, 0.5)
 
 
 def test_auto_uses_the_reference_on_cpu_without_interpreter(monkeypatch):
     monkeypatch.delenv(_dispatch.ENV_VAR, raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    tensors, args = args_for_mask()
-    assert _dispatch.select("quality_mask", tensors, args).name == "ref"
+    args = args_for_mask()
+    assert _dispatch.select("quality_mask", args).name == "ref"
 
 
 def test_env_override_ref_is_honoured(monkeypatch):
     monkeypatch.setenv(_dispatch.ENV_VAR, "ref")
-    tensors, args = args_for_mask()
-    assert _dispatch.select("quality_mask", tensors, args).name == "ref"
+    args = args_for_mask()
+    assert _dispatch.select("quality_mask", args).name == "ref"
 
 
 def test_explicit_choice_that_cannot_run_explains_why(monkeypatch):
@@ -73,8 +74,8 @@ def test_every_op_has_a_reference_and_triton_registered():
 def test_auto_keeps_the_reference_on_cpu_even_when_interpreting(monkeypatch):
     monkeypatch.delenv(_dispatch.ENV_VAR, raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    tensors, args = args_for_mask()
-    assert _dispatch.select("quality_mask", tensors, args).name == "ref"
-    if _dispatch.triton_missing_reason() is None:
+    args = args_for_mask()
+    assert _dispatch.select("quality_mask", args).name == "ref"
+    if triton_utils.missing_reason() is None:
         with kernels.use_impl("triton"):
-            assert _dispatch.select("quality_mask", tensors, args).name == "triton"
+            assert _dispatch.select("quality_mask", args).name == "triton"
