@@ -196,7 +196,7 @@ def call_signature(args: Sequence[Any]) -> tuple[torch.device, tuple[torch.dtype
     return device, dtypes
 
 
-_cache: dict[tuple, tuple[list[Implementation], dict[str, list[str]]]] = {}
+_cache: dict[tuple, list[Implementation]] = {}  # see _candidates
 
 
 def clear_cache() -> None:
@@ -210,24 +210,17 @@ def _interpreting() -> bool:
     return triton_utils.interpreting()
 
 
-def _candidates(op: Op, device: torch.device, dtypes: tuple[torch.dtype, ...], wanted: str):
-    """Implementations passing the size-independent checks, in order, and the others' reasons."""
+def _candidates(op: Op, device: torch.device, dtypes: tuple[torch.dtype, ...],
+                wanted: str) -> list[Implementation]:
+    """Implementations passing the size-independent checks, in preference order (cached)."""
     key = (op.name, device, dtypes, wanted, _interpreting())
-    cached = _cache.get(key)
-    if cached is None:
+    accepted = _cache.get(key)
+    if accepted is None:
         names = PREFERENCE if wanted == AUTO else (wanted,)
-        accepted, refused = [], {}
-        for name in names:
-            implementation = op.implementations.get(name)
-            if implementation is None:
-                continue
-            reasons = implementation.static_reasons(device, dtypes, explicit=wanted != AUTO)
-            if reasons:
-                refused[name] = reasons
-            else:
-                accepted.append(implementation)
-        cached = _cache[key] = (accepted, refused)
-    return cached
+        accepted = _cache[key] = [
+            op.implementations[name] for name in names if name in op.implementations
+            and not op.implementations[name].static_reasons(device, dtypes, wanted != AUTO)]
+    return accepted
 
 
 def _format(reasons: dict[str, list[str]]) -> str:
@@ -242,18 +235,19 @@ def select(op_name: str, args: Sequence[Any], impl: Optional[str] = None) -> Imp
         raise KernelUnavailableError(f"{op.name} has no {wanted!r} implementation; it has "
                                      f"{', '.join(op.implementations)}")
     device, dtypes = call_signature(args)
-    accepted, refused = _candidates(op, device, dtypes, wanted)
-    refused = dict(refused)
-    for implementation in accepted:
-        reasons = implementation.size_reasons(args)
-        if not reasons:
+    for implementation in _candidates(op, device, dtypes, wanted):
+        if not implementation.size_reasons(args):
             return implementation
-        refused[implementation.name] = reasons
+    # Nothing runs: report every reason of every candidate, size limits included (only here,
+    # so the common path pays for the size checks of the chosen implementation alone).
+    names = (wanted,) if wanted != AUTO else PREFERENCE
+    reasons = {name: op.implementations[name].not_supported_reasons(args, wanted != AUTO)
+               for name in names if name in op.implementations}
     if wanted != AUTO:
         raise KernelUnavailableError(
-            f"{op.name}: implementation {wanted!r} cannot run: {', '.join(refused[wanted])}")
+            f"{op.name}: implementation {wanted!r} cannot run: {', '.join(reasons[wanted])}")
     raise KernelUnavailableError(f"no implementation of {op.name} can run these inputs: "
-                                 f"{_format(refused)}")
+                                 f"{_format(reasons)}")
 
 
 def run(op_name: str, impl: str, *args: Any) -> Any:
