@@ -227,7 +227,7 @@ def test_limits():
     x0 = torch.empty(2, 3, 4, 5, 6)
     mask = torch.ones(2, 1, 4, 1, 6, dtype=torch.bool)
     assert "4 index dims" in blend_op.masked_noise_blend_limits(
-        x0, x0, mask, None, 1.0, None, 0.0, None, None, False)[0]
+        x0, x0, mask, None, 1.0, None, 0.0, None, None, None, False)[0]
     assert quality_mask_op.quality_mask_cuda_limits(torch.empty(2, 10), None, 1.0, 0.5) == []
 
 
@@ -340,3 +340,24 @@ def test_gpu_blend_misaligned_and_odd(ext, dtype, numel):
     aligned_x = torch.randn(1, numel, device="cuda").to(dtype)  # aligned, odd tail
     _gpu_blend_case(dtype, (1, numel), mask, 0.5, 0.25, seed=99, x0=aligned_x,
                     other=torch.randn_like(aligned_x))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+def test_gpu_blend_batched_seeds_equal_per_row_calls(ext, dtype):
+    shape = (3, 4, 33, 17)
+    x0 = torch.randn(shape, generator=seeded(5)).to("cuda", dtype)
+    other = torch.randn(shape, generator=seeded(6)).to("cuda", dtype)
+    mask = torch.rand(3, 1, 11, 17, device="cuda") > 0.4
+    seeds = torch.tensor([9, 2**35 + 1, 2**63 - 1])
+    with use_impl("cuda"):
+        batched = lotts_kernels.masked_noise_blend(x0, other, mask, 0.6, 0.8, seed=seeds)
+        rows = torch.cat([lotts_kernels.masked_noise_blend(
+            x0[b:b + 1], other[b:b + 1], mask[b:b + 1], 0.6, 0.8, seed=int(seeds[b]))
+            for b in range(3)])
+        on_device = lotts_kernels.masked_noise_blend(x0, other, mask, 0.6, 0.8,
+                                                     seed=seeds.cuda())
+    assert torch.equal(batched, rows) and torch.equal(batched, on_device)
+    with use_impl("ref"):
+        expected = lotts_kernels.masked_noise_blend(x0, other, mask, 0.6, 0.8, seed=seeds)
+    assert_close(batched, expected, *tolerance(dtype))

@@ -227,3 +227,43 @@ def test_philox_known_answer_and_statistics():
     assert abs(eps.mean().item()) < 0.01 and abs(eps.std().item() - 1) < 0.01
     assert torch.equal(philox.normal(7, (2, 3)).flatten(), philox.normal(7, (6,)))
     assert not torch.equal(philox.normal(7, (6,)), philox.normal(8, (6,)))
+
+
+def _per_row_blend(x0, other, mask, alpha, sigma, seeds, impl=None):
+    """The call batched seeds replace: one call per row with that row's seed."""
+    rows = []
+    for b, seed in enumerate(seeds.tolist()):
+        row_mask = mask[b:b + 1] if mask.dim() == x0.dim() and mask.shape[0] > 1 else mask
+        row_alpha = alpha[b:b + 1] if isinstance(alpha, torch.Tensor) else alpha
+        row_sigma = sigma[b:b + 1] if isinstance(sigma, torch.Tensor) else sigma
+        rows.append(kernels.masked_noise_blend(x0[b:b + 1], other[b:b + 1], row_mask, row_alpha,
+                                               row_sigma, seed=seed, impl=impl))
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_blend_batched_seeds_equal_per_row_calls(dtype):
+    x0, other = randn(3, 4, 6, 10, dtype=dtype, seed=31), randn(3, 4, 6, 10, dtype=dtype, seed=32)
+    mask = torch.rand(3, 1, 3, 5, generator=torch.Generator().manual_seed(33)) > 0.4
+    seeds = torch.tensor([7, 2**40 + 3, 7])  # a repeated seed: rows 0 and 2 draw the same eps
+    sigma = torch.tensor([0.3, 0.9, 0.5])
+    out = kernels.masked_noise_blend(x0, other, mask, 0.8, sigma, seed=seeds)
+    assert torch.equal(out, _per_row_blend(x0, other, mask, 0.8, sigma, seeds))
+    eps = philox.normal_rows(seeds, (3, 40))
+    assert torch.equal(eps[0], eps[2]) and not torch.equal(eps[0], eps[1])
+    assert torch.equal(eps[1], philox.normal(2**40 + 3, (40,)))
+
+
+def test_blend_batched_seeds_are_checked():
+    x0 = randn(2, 5, seed=34)
+    with pytest.raises(ValueError, match=r"int64 of shape \(2,\)"):
+        kernels.masked_noise_blend(x0, x0, torch.ones(2, 5) > 0, 1.0, 0.5, seed=torch.tensor([1]))
+    with pytest.raises(ValueError, match="int64"):
+        kernels.masked_noise_blend(x0, x0, torch.ones(2, 5) > 0, 1.0, 0.5,
+                                   seed=torch.tensor([1, 2], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*63\)"):
+        kernels.masked_noise_blend(x0, x0, torch.ones(2, 5) > 0, 1.0, 0.5,
+                                   seed=torch.tensor([1, -2]))
+    with pytest.raises(ValueError, match="noise or seed"):
+        kernels.masked_noise_blend(x0, x0, torch.ones(2, 5) > 0, 1.0, 0.5, noise=x0,
+                                   seed=torch.tensor([1, 2]))
