@@ -92,7 +92,11 @@ def load_verifier(spec: str | os.PathLike | Callable[..., Any], *,
     file plus `clip_path=` a CLIP ViT-L/14 folder; hpsv2 = `HPS_v2.1_compressed.pt` plus
     `tokenizer_path=` a CLIP-H tokenizer folder; image-reward = `ImageReward.pt` plus
     `tokenizer_path=` a bert-base-uncased tokenizer folder. Extra keyword `options` go to the
-    verifier's loader (e.g. `processor_path`, `version`, `vision_heads`, `text_heads`).
+    verifier's loader (e.g. `processor_path`, `version`, `vision_heads`, `text_heads`,
+    `processor_backend` for pickscore/clipscore, `head_activation` for aesthetic).
+
+    Each built-in preprocesses and tokenizes like its official scorer; see the parity table in
+    the README and `lotts.verifiers._transforms`.
 
     Models run in eval mode under no_grad on `device` (default: CUDA when present) in `dtype`
     (default float32), `batch_size` images at a time; scores come back as float32 on the CPU.

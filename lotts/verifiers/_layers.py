@@ -1,126 +1,88 @@
-"""Pieces several verifiers share: image preprocessing, the MLP reward head, tokenizer loading.
+"""Pieces several verifiers share: the MLP reward head and tokenizer loading/encoding.
 
-Preprocessing is done with PIL and torch only (torchvision is unavailable next to CPU torch),
-reproducing `Resize(shortest side, bicubic) -> CenterCrop -> ToTensor -> Normalize`.
+Image preprocessing lives in `lotts.verifiers._transforms`, one pipeline per official scorer.
 """
 from __future__ import annotations
 
-import json
+import html
+import importlib
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-# OpenAI CLIP's normalisation, also used by BLIP/ImageReward, open_clip and the aesthetic head.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class ImageTransform:
-    """Resize the shortest side to `size` (bicubic), center-crop `crop` x `crop`, normalise.
-
-    `round_crop_offset` picks torchvision's crop offset (round) over transformers' (floor);
-    they differ by one pixel only for odd margins.
-    """
-
-    size: int
-    crop: int
-    mean: tuple[float, ...] = CLIP_MEAN
-    std: tuple[float, ...] = CLIP_STD
-    round_crop_offset: bool = True
-
-    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Return a float32 (B, 3, crop, crop) batch."""
-        arrays = [np.asarray(self._resize_crop(image.convert("RGB"))) for image in images]
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return (pixels - mean) / std
-
-    def _resize_crop(self, image: Image.Image) -> Image.Image:
-        width, height = image.size
-        short, long = sorted((width, height))
-        new_short, new_long = self.size, int(self.size * long / short)
-        new_size = (new_short, new_long) if width <= height else (new_long, new_short)
-        if new_size != image.size:
-            image = image.resize(new_size, Image.BICUBIC)
-        return image.crop(self._crop_box(*image.size))
-
-    def _crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
-        if self.round_crop_offset:
-            left, top = round((width - self.crop) / 2.0), round((height - self.crop) / 2.0)
-        else:
-            left, top = (width - self.crop) // 2, (height - self.crop) // 2
-        return left, top, left + self.crop, top + self.crop
-
-
-def transform_from_preprocessor_config(folder: Path | None, image_size: int) -> ImageTransform:
-    """Build the transform a transformers `preprocessor_config.json` describes (CLIP layout),
-    falling back to CLIP's defaults at the vision tower's `image_size`."""
-    config: Mapping[str, Any] = {}
-    if folder is not None and (folder / "preprocessor_config.json").is_file():
-        config = json.loads((folder / "preprocessor_config.json").read_text())
-    size = _edge(config.get("size"), image_size)
-    crop = _edge(config.get("crop_size"), size)
-    return ImageTransform(size=size, crop=crop,
-                          mean=tuple(config.get("image_mean", CLIP_MEAN)),
-                          std=tuple(config.get("image_std", CLIP_STD)),
-                          round_crop_offset=False)
-
-
-def _edge(value: Any, default: int) -> int:
-    if isinstance(value, Mapping):
-        value = value.get("shortest_edge", value.get("height"))
-    return int(value) if value is not None else int(default)
+# Index layouts of the released heads' `nn.Sequential` (the Linear slots only):
+# Linear, Dropout, Linear, Dropout, Linear, Dropout, Linear, Linear  (ReLUs commented out;
+# sac+logos+ava1-l14-linearMSE.pth, ava+logos-l14-linearMSE.pth and ImageReward's `mlp`);
+# Linear, ReLU, Dropout, ... , Linear, ReLU, Linear  (ava+logos-l14-reluMSE.pth, whose
+# `simple_inference.py` of June 2022 ran it with the ReLUs).
+LINEAR_LAYOUT = (0, 2, 4, 6, 7)
+RELU_LAYOUT = (0, 3, 6, 9, 11)
+HEAD_ACTIVATIONS = ("auto", "none", "relu")
 
 
 class MLPHead(nn.Module):
     """The reward head of the LAION aesthetic predictor and of ImageReward.
 
-    Layout `layers.{0,2,4,6,7}` = Linear(d,1024), Dropout, Linear(1024,128), Dropout,
-    Linear(128,64), Dropout, Linear(64,16), Linear(16,1), with no activations (both originals
-    comment them out). Dropout slots are identities at inference. Widths come from the state
-    dict, so tiny test heads load the same way as the real ones.
+    Linears at the state dict's `layers.{i}` slots (widths from the tensors, so tiny test heads
+    load like the real ones), Dropout slots are identities at inference, and with `relu` a ReLU
+    after every Linear but the last. `activation="auto"` reads the structure off the slot
+    indices: `LINEAR_LAYOUT` has no activations, `RELU_LAYOUT` has ReLUs; any other layout
+    needs an explicit "none" or "relu".
     """
 
-    def __init__(self, shapes: Mapping[int, tuple[int, int]]) -> None:
+    def __init__(self, shapes: Mapping[int, tuple[int, int]], relu: bool) -> None:
         super().__init__()
-        last = max(shapes)
-        self.layers = nn.Sequential(*[
-            nn.Linear(shapes[i][1], shapes[i][0]) if i in shapes else nn.Identity()
-            for i in range(last + 1)])
+        self.layers = nn.ModuleDict({str(i): nn.Linear(shapes[i][1], shapes[i][0])
+                                     for i in sorted(shapes)})
+        self.relu = relu
+        self.in_features = shapes[min(shapes)][1]
 
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], prefix: str = "layers."
-                        ) -> MLPHead:
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], prefix: str = "layers.",
+                        activation: str = "auto") -> MLPHead:
         """Build from weights keyed `{prefix}{i}.weight/bias`; extra keys are an error."""
-        shapes = {}
+        if activation not in HEAD_ACTIVATIONS:
+            raise ValueError(f"unknown head activation {activation!r}; choose from "
+                             f"{list(HEAD_ACTIVATIONS)}")
+        shapes: dict[int, tuple[int, int]] = {}
         for key, value in state_dict.items():
             index, _, param = key[len(prefix):].partition(".")
             if not key.startswith(prefix) or not index.isdigit() or param not in ("weight", "bias"):
                 raise ValueError(f"unexpected key {key!r} in an MLP head state dict")
             if param == "weight":
-                shapes[int(index)] = tuple(value.shape)
+                shapes[int(index)] = (int(value.shape[0]), int(value.shape[1]))
         if not shapes:
             raise ValueError("no MLP head weights found (expected keys like 'layers.0.weight')")
-        head = cls(shapes)
-        local = {key[len(prefix):]: value for key, value in state_dict.items()}
-        head.layers.load_state_dict(local, strict=True)
+        head = cls(shapes, relu=_head_relu(tuple(sorted(shapes)), activation))
+        local = {f"layers.{key[len(prefix):]}": value for key, value in state_dict.items()}
+        head.load_state_dict(local, strict=True)
         return head.eval()
-
-    @property
-    def in_features(self) -> int:
-        return self.layers[0].in_features
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, d) -> (B,) in float32, as both originals run the head on `.float()` features."""
-        return self.layers(features.float())[:, 0]
+        x = features.float()
+        linears = list(self.layers.values())
+        for linear in linears[:-1]:
+            x = linear(x)
+            if self.relu:
+                x = torch.relu(x)
+        return linears[-1](x)[:, 0]
+
+
+def _head_relu(layout: tuple[int, ...], activation: str) -> bool:
+    if activation != "auto":
+        return activation == "relu"
+    if layout == LINEAR_LAYOUT:
+        return False
+    if layout == RELU_LAYOUT:
+        return True
+    raise ValueError(f"cannot tell the head's activations from its Linear slots {list(layout)} "
+                     f"(known: {list(LINEAR_LAYOUT)} without, {list(RELU_LAYOUT)} with ReLUs); "
+                     f"pass head_activation='none' or 'relu'")
 
 
 def load_tokenizer(folder: Path, fallback: type | None = None) -> Any:
@@ -137,10 +99,42 @@ def load_tokenizer(folder: Path, fallback: type | None = None) -> Any:
 
 def tokenize(tokenizer: Any, prompts: Sequence[str], max_length: int, device: torch.device
              ) -> dict[str, torch.Tensor]:
-    """Pad every prompt to `max_length` so a prompt's tokens never depend on its batch."""
+    """The tokenizer's own truncation (the end token kept), padded to `max_length` so a
+    prompt's tokens never depend on its batch: what ImageReward's, PickScore's and
+    open_clip's `tokenize` pass for long prompts."""
     encoded = tokenizer(list(prompts), padding="max_length", truncation=True,
                         max_length=max_length, return_tensors="pt")
     return {key: encoded[key].to(device) for key in ("input_ids", "attention_mask")}
+
+
+def tokenize_cut(tokenizer: Any, prompts: Sequence[str], max_length: int, device: torch.device
+                 ) -> dict[str, torch.Tensor]:
+    """torchmetrics `clip_score`'s text path: tokenize without truncation, then cut ids and
+    mask to `max_length` positions, so a longer prompt loses its end token. Padded to
+    `max_length` (masked), which the causal text tower never reads."""
+    encoded = tokenizer(list(prompts), padding=False, truncation=False, verbose=False)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(prompts), max_length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), max_length), dtype=torch.long)
+    for row, (row_ids, row_mask) in enumerate(zip(encoded["input_ids"],
+                                                  encoded["attention_mask"])):
+        kept = min(len(row_ids), max_length)
+        ids[row, :kept] = torch.tensor(row_ids[:kept])
+        mask[row, :kept] = torch.tensor(row_mask[:kept])
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def open_clip_clean(text: str) -> str:
+    """open_clip's `basic_clean` + `whitespace_clean` (HPSv2's tokenizer; lowercasing is left
+    to the CLIP tokenizer's normaliser): `ftfy.fix_text` when ftfy is installed, HTML entities
+    unescaped twice, whitespace runs collapsed, stripped. Without ftfy, text it would repair
+    (mojibake, curly quotes, ligatures, full-width forms) is tokenized as given."""
+    try:
+        text = importlib.import_module("ftfy").fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def check_vocab(tokenizer: Any, embedding_rows: int, what: str) -> None:

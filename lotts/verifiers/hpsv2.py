@@ -3,19 +3,33 @@
 The checkpoint (`HPS_v2_compressed.pt`, `HPS_v2.1_compressed.pt`) is an OpenCLIP state dict,
 converted here to a transformers `CLIPModel`; the dims come from the tensors. score =
 100 * cos(image, text); `hpsv2.score` returns the bare cosine (0.27 here is 27), and the HPSv2
-benchmark tables report the x100 value. The tokenizer is the OpenCLIP/LAION CLIP BPE.
+benchmark tables report the x100 value.
+
+As `hpsv2.score`: images go through its evaluation transform (`ResizeLongestPadTransform`:
+longest side to 224 on a float tensor, black padding, no crop; RGBA, on which the official
+transform crashes, is converted to RGB), prompts are cleaned like open_clip's tokenizer
+(`open_clip_clean`) and tokenized with the OpenCLIP/LAION CLIP BPE, truncated to 77 tokens
+with the end token kept. The official scorer runs under CUDA autocast on a GPU; pass
+`dtype="float16"` for that, float32 is its CPU behaviour.
 """
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
 from lotts.verifiers._clip import ClipEncoder, ClipSimilarityVerifier
-from lotts.verifiers._layers import CLIP_MEAN, CLIP_STD, ImageTransform, load_tokenizer
-from lotts.verifiers._weights import PathLike, WeightSource, build_from_state_dict, load_state_dict
+from lotts.verifiers._layers import load_tokenizer, open_clip_clean, tokenize
+from lotts.verifiers._transforms import CLIP_MEAN, CLIP_STD, ResizeLongestPadTransform
+from lotts.verifiers._weights import (
+    PathLike,
+    WeightSource,
+    build_from_state_dict,
+    load_state_dict,
+)
 
 CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
 TOKENIZER_SOURCE = WeightSource(
@@ -118,6 +132,13 @@ def clip_config_from_openclip(state_dict: Mapping[str, torch.Tensor], eos_token_
                       projection_dim=state_dict["visual.proj"].shape[1])
 
 
+def tokenize_open_clip(tokenizer: Any, prompts: Sequence[str], max_length: int,
+                       device: torch.device) -> dict[str, torch.Tensor]:
+    """open_clip `tokenize`: the cleaned prompt, [sot] + tokens + [eot], cut to `max_length`
+    with [eot] last (the HF tokenizer's truncation gives the same ids)."""
+    return tokenize(tokenizer, [open_clip_clean(p) for p in prompts], max_length, device)
+
+
 def _checkpoint_source(version: str) -> WeightSource:
     if version not in CHECKPOINTS:
         raise ValueError(f"hpsv2: unknown version {version!r}; choose from {sorted(CHECKPOINTS)}")
@@ -135,15 +156,19 @@ def load(*, path: PathLike | None, device: torch.device, dtype: torch.dtype,
          text_heads: int | None = None) -> ClipSimilarityVerifier:
     checkpoint = _checkpoint_source(version).resolve(path, allow_download)
     tokenizer_dir = TOKENIZER_SOURCE.resolve(tokenizer_path, allow_download)
-    from transformers import CLIPModel, CLIPTokenizer  # after the checks: a slow first import
+    from transformers import (  # after the checks: a slow first import
+        CLIPModel,
+        CLIPTokenizer,
+    )
     tokenizer = load_tokenizer(tokenizer_dir, fallback=CLIPTokenizer)
     state_dict = load_state_dict(checkpoint)
     config = clip_config_from_openclip(state_dict, tokenizer.eos_token_id, vision_heads,
                                        text_heads)
     converted, _ = convert_openclip_state_dict(state_dict)
     model = build_from_state_dict(lambda: CLIPModel(config), converted, f"hpsv2 ({checkpoint})")
-    size = config.vision_config.image_size
-    transform = ImageTransform(size=size, crop=size, mean=CLIP_MEAN, std=CLIP_STD)
-    encoder = ClipEncoder(model, transform, tokenizer, device, dtype)
+    # create_model_and_transforms(..., light_augmentation=True): the validation transform
+    transform = ResizeLongestPadTransform(size=config.vision_config.image_size, mean=CLIP_MEAN,
+                                          std=CLIP_STD)
+    encoder = ClipEncoder(model, transform, tokenizer, device, dtype, tokenize_open_clip)
     return ClipSimilarityVerifier("hpsv2", encoder, scale=100.0, clamp_at_zero=False,
                                   batch_size=batch_size)

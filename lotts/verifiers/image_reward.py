@@ -5,8 +5,13 @@ tokens reads the prompt; an MLP head on the [CLS] output gives the reward, norma
 (raw - 0.16717...) / 1.03334... like `ImageReward.score`. The checkpoint `ImageReward.pt` is
 converted key by key: the timm-style ViT (`blip.visual_encoder.*`) into `BlipVisionModel`, the
 "med" BERT (`blip.text_encoder.*`) into `BlipTextModel` (same names), `mlp.layers.*` into the
-shared MLP head. Like the released scoring code, the prompt starts with [CLS] (BLIP's [ENC]
-substitution is not applied) and is padded to 35 tokens.
+shared MLP head.
+
+As `ImageReward.score` / `inference_rank`: images go through its `_transform(224)`
+(`PilResizeCropTransform`: PIL bicubic resize and centre crop in the image's own mode, RGB
+last); the prompt is tokenized by BLIP's `init_tokenizer` (bert-base-uncased plus the special
+tokens [DEC] as bos and [ENC], so those literals in a prompt are single tokens), starts with
+[CLS] (BLIP's [ENC] substitution is not applied) and is truncated/padded to 35 tokens.
 """
 from __future__ import annotations
 
@@ -20,8 +25,14 @@ import torch
 from PIL import Image
 
 from lotts.verifiers._base import BatchedVerifier
-from lotts.verifiers._layers import ImageTransform, MLPHead, check_vocab, load_tokenizer, tokenize
-from lotts.verifiers._weights import PathLike, WeightSource, build_from_state_dict, load_state_dict
+from lotts.verifiers._layers import MLPHead, check_vocab, load_tokenizer, tokenize
+from lotts.verifiers._transforms import CLIP_MEAN, CLIP_STD, PilResizeCropTransform
+from lotts.verifiers._weights import (
+    PathLike,
+    WeightSource,
+    build_from_state_dict,
+    load_state_dict,
+)
 
 REWARD_MEAN = 0.16717362830052426
 REWARD_STD = 1.0333394966054072
@@ -136,7 +147,9 @@ class ImageRewardVerifier(BatchedVerifier):
         self.text = text.to(device=device, dtype=dtype).eval()
         self.head, self.tokenizer = head.to(device).eval(), tokenizer
         size = vision.config.image_size
-        self.transform = ImageTransform(size=size, crop=size)
+        # ImageReward._transform(n_px): Resize, CenterCrop, convert RGB, ToTensor, Normalize
+        self.transform = PilResizeCropTransform(size=size, crop=size, mean=CLIP_MEAN,
+                                                std=CLIP_STD)
         check_vocab(tokenizer, text.config.vocab_size, "image-reward text encoder")
 
     def score_batch(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
@@ -147,14 +160,26 @@ class ImageRewardVerifier(BatchedVerifier):
         return (self.head(hidden[:, 0]) - REWARD_MEAN) / REWARD_STD
 
 
+def add_blip_special_tokens(tokenizer: Any) -> Any:
+    """BLIP's `init_tokenizer`: [DEC] becomes the bos token and [ENC] an additional special
+    token (ids 30522 and 30523 on bert-base-uncased; no-ops when the folder has them)."""
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+    return tokenizer
+
+
 def load(*, path: PathLike | None, device: torch.device, dtype: torch.dtype,
          allow_download: bool, batch_size: int, tokenizer_path: PathLike | None = None,
          vision_heads: int | None = None, text_heads: int | None = None
          ) -> ImageRewardVerifier:
     checkpoint = SOURCE.resolve(path, allow_download)
     tokenizer_dir = TOKENIZER_SOURCE.resolve(tokenizer_path, allow_download)
-    from transformers import BertTokenizer, BlipTextModel, BlipVisionModel  # a slow first import
-    tokenizer = load_tokenizer(tokenizer_dir, fallback=BertTokenizer)
+    from transformers import (  # a slow first import
+        BertTokenizer,
+        BlipTextModel,
+        BlipVisionModel,
+    )
+    tokenizer = add_blip_special_tokens(load_tokenizer(tokenizer_dir, fallback=BertTokenizer))
     weights = convert_image_reward_state_dict(load_state_dict(checkpoint))
     vision_config = vision_config_from(weights.vision, vision_heads)
     text_config = text_config_from(weights.text, text_heads)

@@ -2,7 +2,11 @@
 
 score = logit_scale.exp() * cos(image, text), exactly the original inference code. The model
 repo `yuvalkirstain/PickScore_v1` is a plain `CLIPModel`; its tokenizer and preprocessor come
-from `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` unless the model folder has them.
+from `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` unless the model folder has them. As that code's
+`AutoProcessor` on transformers 5: images through `CLIPImageProcessor` (transparency
+composited onto white, uint8 antialiased bicubic resize, floored crop; `processor_backend="pil"`
+for the PIL backend used where torchvision is missing), prompts truncated to 77 tokens with the
+end token kept.
 """
 from __future__ import annotations
 
@@ -10,7 +14,11 @@ from pathlib import Path
 
 import torch
 
-from lotts.verifiers._clip import ClipSimilarityVerifier, has_tokenizer, load_clip_encoder
+from lotts.verifiers._clip import (
+    ClipSimilarityVerifier,
+    has_tokenizer,
+    load_clip_encoder,
+)
 from lotts.verifiers._weights import PathLike, WeightSource
 
 SOURCE = WeightSource(
@@ -25,13 +33,14 @@ PROCESSOR_SOURCE = WeightSource(
 
 
 def load(*, path: PathLike | None, device: torch.device, dtype: torch.dtype,
-         allow_download: bool, batch_size: int, processor_path: PathLike | None = None
-         ) -> ClipSimilarityVerifier:
+         allow_download: bool, batch_size: int, processor_path: PathLike | None = None,
+         processor_backend: str = "torchvision") -> ClipSimilarityVerifier:
     folder = SOURCE.resolve(path, allow_download)
     processor: Path | None = None
     if processor_path is not None or not has_tokenizer(folder):
         processor = PROCESSOR_SOURCE.resolve(processor_path, allow_download)
-    encoder = load_clip_encoder(folder, device, dtype, processor_folder=processor)
+    encoder = load_clip_encoder(folder, device, dtype, processor_folder=processor,
+                                backend=processor_backend)
     scale = float(encoder.model.logit_scale.detach().float().exp())
     return ClipSimilarityVerifier("pickscore", encoder, scale=scale, clamp_at_zero=False,
                                   batch_size=batch_size)
