@@ -68,7 +68,8 @@ class UNetBackbone(Backbone, ABC):
             noise = rescale_noise_cfg(noise, text, guidance_rescale=rescale)
         return noise
 
-    def _postprocess(self, image: torch.Tensor, denormalize: Optional[list[bool]] = None) -> list[Image.Image]:
+    def _postprocess(self, image: torch.Tensor,
+                     denormalize: Optional[list[bool]] = None) -> list[Image.Image]:
         return self.pipe.image_processor.postprocess(image, output_type="pil",
                                                      do_denormalize=denormalize)
 
@@ -101,7 +102,8 @@ class StableDiffusionBackbone(UNetBackbone):
         rows, _ = self.pipe.encode_prompt(prompts, settings.device, 1, False,
                                           lora_scale=self.lora_scale(settings),
                                           clip_skip=settings.options.get("clip_skip"))
-        return Conditioning({"encoder_hidden_states": rows, **self._rows_timestep_cond(settings, len(prompts))})
+        timestep_cond = self._rows_timestep_cond(settings, len(prompts))
+        return Conditioning({"encoder_hidden_states": rows, **timestep_cond})
 
     def _rows_timestep_cond(self, settings: Settings, n: int) -> dict[str, torch.Tensor]:
         return {k: repeat_rows(v, n) for k, v in self.timestep_cond(settings).items()}

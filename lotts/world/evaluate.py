@@ -220,7 +220,7 @@ def scaling_eval(pipe, prompts: list[dict], ns: list[int], pipe_kwargs: dict, se
         res = lotts(prompt, seed=seed, **pipe_kwargs)
         held_scores = held([c.image for c in res.candidates], prompt).numpy()
         originals = [i for i, c in enumerate(res.candidates) if c.parent is None]
-        for i, c in enumerate(res.candidates):
+        for c in res.candidates:
             if c.parent is not None and c.mask is not None:
                 out, inside = _outside_change(c.image, res.candidates[c.parent].image, c.mask)
                 faithful.append((out, inside))

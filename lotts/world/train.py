@@ -127,7 +127,8 @@ def train_vae(images: np.ndarray, cfg: dict, seed: int, out: Path, state: dict):
     rng = np.random.default_rng(seed)
     steps, t0, losses = cfg["steps"], time.time(), []
     for step in range(steps):
-        lr = cfg["lr"] * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        lr = cfg["lr"] * min(1.0, (step + 1) / 50) * cosine
         for g in opt.param_groups:
             g["lr"] = lr
         idx = rng.integers(0, len(images), cfg["batch"])
