@@ -14,8 +14,9 @@ and the attention processors are removed/restored in ``finally`` blocks.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from PIL import Image
