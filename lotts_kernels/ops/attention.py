@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from lotts_kernels import _checks, dispatch
+from lotts_kernels import _checks, dispatch, triton_utils
 from lotts_kernels.triton_utils import TRITON, cdiv, jit, next_power_of_2, tl
 
 # Largest head dim / value dim the kernel keeps in registers; larger spills too much.
@@ -426,17 +426,18 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, v_strides: tuple[
     def grid(meta: dict) -> tuple[int, int]:
         return cdiv(num_queries, meta["BLOCK_M"]), batch * heads
 
-    _attention_kernel[grid](
-        q, k, v, out, index, maps_buffer,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        *v_strides, out.stride(0), out.stride(1), out.stride(2),
-        index.stride(0), maps_buffer.stride(0), maps_buffer.stride(1), maps_buffer.stride(2),
-        heads, num_queries, k.shape[2], num_tokens, scale * LOG2E,
-        HEAD_DIM=head_dim, D_PAD=_pow2_at_least(head_dim),
-        VALUE_DIM=value_dim, DV_PAD=_pow2_at_least(value_dim),
-        BLOCK_T=min(MAX_TOKEN_CHUNK, _pow2_at_least(num_tokens)), WITH_MAPS=with_maps,
-        DOT_PRECISION=_dot_precision(q.dtype),
-    )
+    with triton_utils.device_guard(q):  # Triton launches on the current device
+        _attention_kernel[grid](
+            q, k, v, out, index, maps_buffer,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            *v_strides, out.stride(0), out.stride(1), out.stride(2),
+            index.stride(0), maps_buffer.stride(0), maps_buffer.stride(1), maps_buffer.stride(2),
+            heads, num_queries, k.shape[2], num_tokens, scale * LOG2E,
+            HEAD_DIM=head_dim, D_PAD=_pow2_at_least(head_dim),
+            VALUE_DIM=value_dim, DV_PAD=_pow2_at_least(value_dim),
+            BLOCK_T=min(MAX_TOKEN_CHUNK, _pow2_at_least(num_tokens)), WITH_MAPS=with_maps,
+            DOT_PRECISION=_dot_precision(q.dtype),
+        )
 
 
 def attention_with_token_maps_limits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

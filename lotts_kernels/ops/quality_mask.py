@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from lotts_kernels import _checks, cuda_build, dispatch
+from lotts_kernels import _checks, cuda_build, dispatch, triton_utils
 from lotts_kernels.triton_utils import TRITON, jit, next_power_of_2, tl
 
 # Rows up to this many positions stay in registers; longer ones are processed in chunks.
@@ -273,10 +273,12 @@ def quality_mask_triton(
         orig = orig.contiguous()
     k = num_selected(ratio, n)
     single, block, num_warps = _config(n, SINGLE_BLOCK_MAX)
-    _QUALITY_MASK[(batch,)](
-        diff, orig, heat, mask.view(torch.uint8), n, diff.stride(0), orig.stride(0),
-        float(lam), k, SINGLE=single, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False,
-    )
+    with triton_utils.device_guard(diff):  # Triton launches on the current device
+        _QUALITY_MASK[(batch,)](
+            diff, orig, heat, mask.view(torch.uint8), n, diff.stride(0), orig.stride(0),
+            float(lam), k, SINGLE=single, BLOCK=block, num_warps=num_warps,
+            enable_fp_fusion=False,
+        )
     return heat, mask
 
 
