@@ -128,6 +128,33 @@ def test_token_maps_independent_of_output_garbage():
         assert torch.equal(a, b)
 
 
+def test_token_maps_out_of_range_gpu_index_reads_nothing_and_flags_nan():
+    """Fix 5: GPU token indices are not range-checked on the host (that needs a device sync);
+    the kernel must not read keys out of bounds and flags such a column with NaN."""
+    q, k, v = _qkv(2, 2, 9, 13, 8, 8, torch.float32, seed=45)
+    rows = torch.tensor([[0, 13, 5], [-1, 12, 2**40]], device=DEVICE)  # bypasses the host check
+    scale = attention.default_scale(8)
+    out, maps = attention.attention_with_token_maps_triton(q, k, v, rows, scale)
+    ref_out, ref_maps = attention.attention_with_token_maps_ref(q, k, v, rows, scale)
+    bad = torch.tensor([[False, True, False], [True, False, True]])
+    assert bool(maps[bad[:, None, :].expand_as(maps)].isnan().all())
+    assert bool(ref_maps[bad[:, None, :].expand_as(ref_maps)].isnan().all())
+    good = ~bad[:, None, :].expand_as(maps)
+    assert_close(maps[good], ref_maps[good], *tolerance(torch.float32), what="valid columns")
+    assert_close(out, ref_out, *tolerance(torch.float32), what="out")
+
+
+def test_token_index_as_list_is_checked_and_used():
+    q, k, v = _qkv(2, 1, 5, 9, 8, 8, torch.float32, seed=46)
+    with lotts_kernels.use_impl("triton"):
+        _, from_list = lotts_kernels.attention_with_token_maps(q, k, v, [[1, 8], [0, 3]])
+        _, from_tensor = lotts_kernels.attention_with_token_maps(
+            q, k, v, torch.tensor([[1, 8], [0, 3]], device=DEVICE))
+    assert torch.equal(from_list, from_tensor)
+    with pytest.raises(ValueError, match=r"token_index values must lie in \[0, 9\)"):
+        lotts_kernels.attention_with_token_maps(q, k, v, [1, 9])
+
+
 # ----- op 2: attention propagate --------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -219,3 +246,17 @@ def test_gpu_propagate_self_attention_shape(dtype):
     assert_error_within(result, low.float().mean(1), exact.mean(1), what="propagated maps")
     expected = attention.attention_propagate_ref(q, k, maps, scale)
     assert_close(result, expected, *tolerance(dtype), what="propagated maps vs reference")
+
+
+@pytest.mark.gpu
+def test_gpu_token_index_host_copy_is_checked_and_device_index_flagged():
+    q = randn(2, 3, 64, 32, dtype=torch.float16, seed=95, device="cuda")
+    k = randn(2, 3, 77, 32, dtype=torch.float16, seed=96, device="cuda")
+    with pytest.raises(ValueError, match="token_index values"):
+        lotts_kernels.attention_with_token_maps(q, k, k, torch.tensor([3, 77]))  # host copy
+    _, host = lotts_kernels.attention_with_token_maps(q, k, k, torch.tensor([3, 76]))
+    _, device = lotts_kernels.attention_with_token_maps(q, k, k, torch.tensor([3, 76]).cuda())
+    assert torch.equal(host, device)
+    _, flagged = lotts_kernels.attention_with_token_maps(q, k, k, torch.tensor([3, 77]).cuda(),
+                                                         impl="triton")
+    assert bool(flagged[..., 1].isnan().all()) and not bool(flagged[..., 0].isnan().any())

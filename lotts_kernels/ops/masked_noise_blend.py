@@ -13,7 +13,8 @@ Triton Design:
   argument specialization sees; other sizes take masked scalar accesses); the mask is gathered
   through the coalesced 4-D view of :mod:`lotts_kernels.ops.masked_noise_blend_layout`
   (broadcast dims have stride 0, a (B,1,h,w) mask over (B,C,H,W) latents is read at
-  (h_i // f, w_i // f)); only the dims that exist are decomposed (NDIM is a compile-time constant), so a same-shape mask costs no division.
+  (h_i // f, w_i // f)); only the dims that exist are decomposed (NDIM is a compile-time
+  constant), so a same-shape mask costs no division.
 * Arithmetic in float32 in exactly the reference's order, each op rounded separately
   (`enable_fp_fusion=False` forbids mul+add -> fma contraction), so with the same eps the
   result is bit-identical to eager PyTorch on the same device; where m == 0 it is `other`.
