@@ -23,7 +23,14 @@ pytest.importorskip("triton")
 import lotts_kernels  # noqa: E402
 from lotts_kernels import triton_utils  # noqa: E402
 from lotts_kernels.ops import attention  # noqa: E402
-from tests.helpers import assert_close, assert_error_within, randn, tolerance  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    assert_accurate,
+    assert_close,
+    exact_attention_probs,
+    plain_attention_probs,
+    randn,
+    tolerance,
+)
 
 INTERPRETING = triton_utils.interpreting()
 DEVICE = "cpu" if INTERPRETING else "cuda"
@@ -56,7 +63,9 @@ def _check_token_maps(q, k, v, token_index, scale=None):
     ref_out, ref_maps = attention.attention_with_token_maps_ref(q.float(), k.float(), v.float(),
                                                             rows, scale)
     assert out.dtype == q.dtype and maps.dtype == torch.float32
-    assert_close(out, ref_out, *tolerance(q.dtype), what="out")
+    exact_out = torch.matmul(exact_attention_probs(q, k, scale), v.double())
+    assert_accurate(out, exact_out, torch.matmul(plain_attention_probs(q, k, scale), v),
+                    what="out")
     # maps are float32 math on the same inputs (fp16 products are exact in fp32 accumulation).
     assert_close(maps, ref_maps, *tolerance(torch.float32), what="maps")
     return out, maps
@@ -66,9 +75,10 @@ def _check_propagate(q, k, maps, scale=None):
     with lotts_kernels.use_impl("triton"):
         result = lotts_kernels.attention_propagate(q, k, maps, scale)
     scale = attention.default_scale(q.shape[-1]) if scale is None else scale
-    expected = attention.attention_propagate_ref(q.float(), k.float(), maps.float(), scale)
     assert result.dtype == torch.float32
-    assert_close(result, expected, *tolerance(q.dtype), what="propagated maps")
+    exact = torch.matmul(exact_attention_probs(q, k, scale), maps.double()[:, None]).mean(1)
+    low = torch.matmul(plain_attention_probs(q, k, scale), maps.to(q.dtype)[:, None]).mean(1)
+    assert_accurate(result, exact, low, what="propagated maps")
     return result
 
 
@@ -206,11 +216,6 @@ def test_explicit_triton_request_names_the_limit():
 
 # ----- GPU: realistic shapes, flash-attention's error rule ------------------------------------
 
-def _low_precision_probs(q, k, scale):
-    """Plain PyTorch in q's dtype: what the kernel's error is measured against."""
-    return torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale, dim=-1)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_gpu_token_maps_sd_shape(dtype):
@@ -222,13 +227,11 @@ def test_gpu_token_maps_sd_shape(dtype):
     with lotts_kernels.use_impl("triton"):
         out, maps = lotts_kernels.attention_with_token_maps(q, k, v, token_index, scale)
     gather = token_index[:, None, None, :].expand(batch, heads, num_queries, num_tokens)
-    exact = attention.naive_attention_probs(q, k, scale)
-    low = _low_precision_probs(q, k, scale)
-    assert_error_within(out, torch.matmul(low, v), torch.matmul(exact, v.double()), what="out")
-    assert_error_within(maps, low.gather(-1, gather).float().mean(1),
-                        exact.gather(-1, gather).mean(1), what="maps")
-    _, ref_maps = attention.attention_with_token_maps_ref(q, k, v, token_index, scale)
-    assert_close(maps, ref_maps, *tolerance(dtype), what="maps vs reference")
+    exact = exact_attention_probs(q, k, scale)
+    low = plain_attention_probs(q, k, scale)
+    assert_accurate(out, torch.matmul(exact, v.double()), torch.matmul(low, v), what="out")
+    assert_accurate(maps, exact.gather(-1, gather).mean(1), low.gather(-1, gather).mean(1),
+                    what="maps")
 
 
 @pytest.mark.gpu
@@ -241,11 +244,9 @@ def test_gpu_propagate_self_attention_shape(dtype):
     scale = attention.default_scale(head_dim)
     with lotts_kernels.use_impl("triton"):
         result = lotts_kernels.attention_propagate(q, k, maps, scale)
-    exact = torch.matmul(attention.naive_attention_probs(q, k, scale), maps.double()[:, None])
-    low = torch.matmul(_low_precision_probs(q, k, scale), maps.to(dtype)[:, None])
-    assert_error_within(result, low.float().mean(1), exact.mean(1), what="propagated maps")
-    expected = attention.attention_propagate_ref(q, k, maps, scale)
-    assert_close(result, expected, *tolerance(dtype), what="propagated maps vs reference")
+    exact = torch.matmul(exact_attention_probs(q, k, scale), maps.double()[:, None])
+    low = torch.matmul(plain_attention_probs(q, k, scale), maps.to(dtype)[:, None])
+    assert_accurate(result, exact.mean(1), low.mean(1), what="propagated maps")
 
 
 @pytest.mark.gpu
