@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 import lotts_kernels as kernels
 from lotts_kernels import philox
 from lotts_kernels.ops import attention
-from tests.helpers import assert_close, randn, tolerance
+from tests.helpers import (
+    assert_accurate,
+    assert_close,
+    blend_exact_and_low,
+    plain_attention_probs,
+    randn,
+)
 
 ATTENTION_SHAPES = [  # (B, H, Lq, Lk, D, T)
     (1, 1, 37, 77, 24, 1),
@@ -39,7 +45,7 @@ def test_token_maps_match_naive(shape, dtype):
     assert maps.shape == (batch, lq, t)
     scale = d ** -0.5
     exact_out = torch.softmax(q.double() @ k.double().transpose(-1, -2) * scale, -1) @ v.double()
-    assert_close(out, exact_out, *tolerance(dtype), what="out")
+    assert_accurate(out, exact_out, plain_attention_probs(q, k, scale) @ v, what="out")
     # maps are computed in float32 from low-precision q, k: compare with the same inputs upcast.
     assert_close(maps, naive_token_maps(q, k, token_index, scale), 1e-6, 1e-5, what="maps")
 
@@ -166,7 +172,8 @@ def test_blend_upsampled_mask_with_noise(dtype):
     out = kernels.masked_noise_blend(x0, other, small, 0.7, 0.4, noise=noise)
     m = small.double().repeat_interleave(3, 2).repeat_interleave(3, 3)
     assert out.dtype == dtype
-    assert_close(out, naive_blend(x0, other, m, 0.7, 0.4, noise), *tolerance(dtype))
+    exact = naive_blend(x0, other, m, 0.7, 0.4, noise)
+    assert_accurate(out, exact, blend_exact_and_low(x0, other, small, 0.7, 0.4, noise)[1])
 
 
 def test_blend_soft_packed_mask_tensor_coefficients_and_invert():
@@ -267,3 +274,24 @@ def test_blend_batched_seeds_are_checked():
     with pytest.raises(ValueError, match="noise or seed"):
         kernels.masked_noise_blend(x0, x0, torch.ones(2, 5) > 0, 1.0, 0.5, noise=x0,
                                    seed=torch.tensor([1, 2]))
+
+
+def test_philox_constants_agree_with_the_cuda_sources():
+    """philox.py defines the constants once for Python and Triton; csrc/lotts_common.cuh has
+    to repeat them in C++, so check every one (and the round count) against it."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "csrc" / "lotts_common.cuh").read_text()
+
+    def constant(name):
+        return re.search(rf"{name}\s*=\s*([0-9.eE+-x]+?[0-9A-Fa-f])[uf]?;", text).group(1)
+
+    assert int(constant("kPhiloxM0"), 16) == philox.MULTIPLIER_0
+    assert int(constant("kPhiloxM1"), 16) == philox.MULTIPLIER_1
+    assert int(constant("kPhiloxW0"), 16) == philox.WEYL_0
+    assert int(constant("kPhiloxW1"), 16) == philox.WEYL_1
+    assert float(constant("kUniformScale")) == philox.UNIFORM_SCALE
+    two_pi = torch.tensor(philox.TWO_PI, dtype=torch.float32).item()  # as the reference rounds
+    assert float(constant("kTwoPi")) == two_pi
+    assert f"round < {philox.ROUNDS};" in text

@@ -12,8 +12,9 @@ Triton Design:
   stores are 16-byte vectors (when numel and the pointers are 16-divisible, which Triton's
   argument specialization sees; other sizes take masked scalar accesses); the mask is gathered
   through the coalesced 4-D view of :mod:`lotts_kernels.ops.masked_noise_blend_layout`
-  (broadcast dims have stride 0, a (B,1,h,w) mask over (B,C,H,W) latents is read at (h_i // f, w_i // f)); only the dims that exist are
-  decomposed (NDIM is a compile-time constant), so a same-shape mask costs no division.
+  (broadcast dims have stride 0, a (B,1,h,w) mask over (B,C,H,W) latents is read at
+  (h_i // f, w_i // f)); only the dims that exist are decomposed (NDIM is a compile-time
+  constant), so a same-shape mask costs no division.
 * Arithmetic in float32 in exactly the reference's order, each op rounded separately
   (`enable_fp_fusion=False` forbids mul+add -> fma contraction), so with the same eps the
   result is bit-identical to eager PyTorch on the same device; where m == 0 it is `other`.
@@ -28,7 +29,7 @@ from typing import Optional, Union
 
 import torch
 
-from lotts_kernels import _checks, cuda_build, dispatch, philox
+from lotts_kernels import _checks, cuda_build, dispatch, philox, triton_utils
 from lotts_kernels.ops import masked_noise_blend_layout as blend_layout
 from lotts_kernels.philox import philox_normal_triton
 from lotts_kernels.triton_utils import TRITON, cdiv, interpreting, jit, libdevice, tl
@@ -243,13 +244,14 @@ def masked_noise_blend_ref(
     if invert:
         m = 1.0 - m
     inside = _per_batch(alpha, alpha_value, x0.dim()) * x0.float()
-    if noise is not None or seed is not None or seeds is not None:
-        if noise is not None:
-            eps = noise.float()
-        elif seeds is not None:
-            eps = philox.normal_rows(seeds, x0.shape, x0.device)
-        else:
-            eps = philox.normal(seed, x0.shape, x0.device)
+    eps = None
+    if noise is not None:
+        eps = noise.float()
+    elif seeds is not None:
+        eps = philox.normal_rows(seeds, x0.shape, x0.device)
+    elif seed is not None:
+        eps = philox.normal(seed, x0.shape, x0.device)
+    if eps is not None:
         inside = inside + _per_batch(sigma, sigma_value, x0.dim()) * eps
     return (m * inside + (1.0 - m) * other.float()).to(x0.dtype)
 
@@ -386,19 +388,20 @@ def masked_noise_blend_triton(
     _, D1, D2, D3 = lay.dims
     s0, s1, s2, s3 = lay.mask_strides
     grid = (cdiv(lay.numel, block),)
-    _BLEND[grid](
-        x0c, otherc, out, kmask,
-        noise if noise is not None else x0c,
-        alpha if alpha is not None else x0c,
-        sigma if sigma is not None else x0c,
-        seeds if seeds is not None else x0c,
-        float(alpha_value), float(sigma_value), seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF,
-        lay.numel, lay.per_batch, D1, D2, D3, s0, s1, s2, s3, lay.factors[0], lay.factors[1],
-        NDIM=lay.ndim, UPSAMPLE=lay.upsample, INVERT=bool(invert),
-        ALPHA_TENSOR=alpha is not None, SIGMA_TENSOR=sigma is not None, NOISE=mode,
-        INT64=int64, PRECISE=(libdevice is not None and not interpreting()), BLOCK=block,
-        num_warps=NUM_WARPS, enable_fp_fusion=False,
-    )
+    with triton_utils.device_guard(x0):  # Triton launches on the current device
+        _BLEND[grid](
+            x0c, otherc, out, kmask,
+            noise if noise is not None else x0c,
+            alpha if alpha is not None else x0c,
+            sigma if sigma is not None else x0c,
+            seeds if seeds is not None else x0c,
+            float(alpha_value), float(sigma_value), seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF,
+            lay.numel, lay.per_batch, D1, D2, D3, s0, s1, s2, s3, lay.factors[0], lay.factors[1],
+            NDIM=lay.ndim, UPSAMPLE=lay.upsample, INVERT=bool(invert),
+            ALPHA_TENSOR=alpha is not None, SIGMA_TENSOR=sigma is not None, NOISE=mode,
+            INT64=int64, PRECISE=(libdevice is not None and not interpreting()), BLOCK=block,
+            num_warps=NUM_WARPS, enable_fp_fusion=False,
+        )
     return out
 
 
