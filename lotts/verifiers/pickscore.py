@@ -5,8 +5,9 @@ repo `yuvalkirstain/PickScore_v1` is a plain `CLIPModel`; its tokenizer and prep
 from `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` unless the model folder has them. As that code's
 `AutoProcessor` on transformers 5: images through `CLIPImageProcessor` (transparency
 composited onto white, uint8 antialiased bicubic resize, floored crop; `processor_backend="pil"`
-for the PIL backend used where torchvision is missing), prompts truncated to 77 tokens with the
-end token kept.
+for the PIL backend used where torchvision is missing, `"transformers4"` for transformers 4.x's
+slow processor, which drops alpha instead), prompts truncated to 77 tokens with the end token
+kept.
 """
 from __future__ import annotations
 
