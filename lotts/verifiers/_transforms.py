@@ -167,12 +167,13 @@ class ClipProcessorTransform:
     The official scorers call `AutoProcessor`, whose result depends on the transformers
     version, so `backend` picks one:
 
-    - "torchvision" (default): transformers 5 with torchvision installed, as in the official
-      environments. Transparency is composited onto white; the uint8 tensor is resized by
+    - "torchvision" (default): transformers 5 with torchvision installed (torchmetrics'
+      master; PickScore's code once its features are unwrapped). Transparency is composited onto white; the uint8 tensor is resized by
       torchvision's CPU kernel, torch's native uint8 antialiased bicubic.
     - "pil": transformers 5 without torchvision. White compositing, PIL resize of the RGB image.
-    - "transformers4": transformers 4.x's default slow processor (4.57 still picks it):
-      `convert("RGB")`, which drops alpha with the stored colours, then PIL resize.
+    - "transformers4": transformers 4.x's default slow processor (4.57 still picks it), where
+      the released torchmetrics 1.9.0 and PickScore code run: `convert("RGB")`, which drops
+      alpha with the stored colours, then PIL resize.
     """
 
     size: int
