@@ -9,6 +9,7 @@ ones the verifiers use.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -275,6 +276,16 @@ def test_processor_pil_backend_is_transformers_own_pil_processor(tiny_files):
                                atol=1e-5, rtol=0)
 
 
+def test_processor_transformers4_backend_drops_alpha(tiny_files):
+    """transformers 4.x's default slow CLIPImageProcessor converts with PIL's convert("RGB"):
+    transparent pixels keep their stored colours, nothing is composited."""
+    verifier = load_verifier("pickscore", device="cpu", processor_backend="transformers4",
+                             **tiny_files["pickscore"])
+    rgba = _rgba_half_transparent(SIZE, SIZE)
+    expected = _normalized(np.asarray(rgba.convert("RGB")) / 255.0)
+    torch.testing.assert_close(verifier.encoder.transform([rgba])[0], expected, atol=1e-5, rtol=0)
+
+
 # ----- tokenization ---------------------------------------------------------------------------
 
 LONG_PROMPT = " ".join(["a"] * 100)  # 100 tokens between start and end
@@ -331,6 +342,13 @@ def test_hpsv2_cleans_prompts_like_open_clip(verifiers, tokenizers):
     start, end, _ = _special_ids(tokenizer)
     words = [tokenizer.convert_tokens_to_ids(t) for t in ("a</w>", "&</w>", "cat</w>")]
     assert raw[0, :5].tolist() == [start, *words, end]
+
+
+def test_hpsv2_without_ftfy_warns_on_non_ascii(verifiers, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ftfy", None)  # import ftfy now raises ImportError
+    encoder = verifiers["hpsv2"].encoder
+    with pytest.warns(UserWarning, match="ftfy"):
+        encoder.tokenize_fn(encoder.tokenizer, ["don\u2019t"], 77, torch.device("cpu"))
 
 
 def test_image_reward_enc_dec_are_special_tokens(verifiers, tokenizers):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import importlib
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,10 @@ def open_clip_clean(text: str) -> str:
     try:
         text = importlib.import_module("ftfy").fix_text(text)
     except ImportError:
-        pass
+        if not text.isascii():
+            warnings.warn("hpsv2: ftfy is not installed, so this non-ASCII prompt is tokenized "
+                          "without open_clip's ftfy.fix_text and may differ from the official "
+                          "scorer's ids; `pip install ftfy` to match", stacklevel=2)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
 

@@ -12,7 +12,8 @@ Three pipelines cover the five verifiers:
   ImageReward's `_transform`: resize and crop the PIL image in its own mode, convert to RGB last.
 - `ResizeLongestPadTransform`: HPSv2's evaluation transform (`image_transform(...,
   resize_longest_max=True)`): longest side to the size on a float tensor, black padding.
-- `ClipProcessorTransform`: transformers 5's `CLIPImageProcessor` (PickScore, CLIPScore).
+- `ClipProcessorTransform`: transformers' `CLIPImageProcessor` (PickScore, CLIPScore), by
+  default as transformers 5 runs it.
 """
 from __future__ import annotations
 
@@ -149,19 +150,30 @@ def composite_on_white(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-_PROCESSOR_BACKENDS = ("torchvision", "pil")
+def _plain_rgb(image: Image.Image) -> Image.Image:
+    """transformers 4.x `convert_to_rgb`: PIL's `convert("RGB")` (alpha dropped)."""
+    return image.convert("RGB")
+
+
+_PROCESSOR_BACKENDS = ("torchvision", "pil", "transformers4")
 _RESAMPLE_MODES = {2: "bilinear", 3: "bicubic"}  # PIL filter ids in preprocessor configs
 
 
 @dataclass(frozen=True)
 class ClipProcessorTransform:
-    """transformers 5 `CLIPImageProcessor`: convert_to_rgb (transparency onto white), resize
-    the shortest edge to `size`, center-crop `crop` (offset floored), rescale, normalise.
+    """transformers `CLIPImageProcessor`: convert to RGB, resize the shortest edge to `size`,
+    center-crop `crop` (offset floored), rescale, normalise.
 
-    `backend="torchvision"` (what `AutoProcessor` gives where torchvision is installed, as in
-    the official environments) resizes the uint8 tensor with torchvision's kernel on the CPU:
-    torch's native uint8 antialiased resize. `backend="pil"` (transformers without
-    torchvision) resizes the RGB image with PIL.
+    The official scorers call `AutoProcessor`, whose result depends on the transformers
+    version, so `backend` picks one:
+
+    - "torchvision" (default): transformers 5 with torchvision installed (torchmetrics'
+      master; PickScore's code once its features are unwrapped). Transparency is composited onto white; the uint8 tensor is resized by
+      torchvision's CPU kernel, torch's native uint8 antialiased bicubic.
+    - "pil": transformers 5 without torchvision. White compositing, PIL resize of the RGB image.
+    - "transformers4": transformers 4.x's default slow processor (4.57 still picks it), where
+      the released torchmetrics 1.9.0 and PickScore code run: `convert("RGB")`, which drops
+      alpha with the stored colours, then PIL resize.
     """
 
     size: int
@@ -180,7 +192,8 @@ class ClipProcessorTransform:
                              f"use one of {sorted(_RESAMPLE_MODES.values())}")
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        pixels = torch.stack([self.resize_crop(composite_on_white(image)) for image in images])
+        to_rgb = _plain_rgb if self.backend == "transformers4" else composite_on_white
+        pixels = torch.stack([self.resize_crop(to_rgb(image)) for image in images])
         # TorchvisionBackend.rescale_and_normalize: fused, mean and std scaled by 1/rescale
         scale = 1.0 / (1 / 255)
         mean = torch.tensor(self.mean) * scale
@@ -190,7 +203,7 @@ class ClipProcessorTransform:
     def resize_crop(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL image -> (3, crop, crop) uint8 after the processor's resize and crop."""
         new_width, new_height = shortest_side_size(*image.size, self.size)
-        if self.backend == "pil":  # PilBackend.resize: PIL's resize of the RGB image
+        if self.backend != "torchvision":  # PilBackend, 4.x: PIL resize of the RGB image
             if (new_width, new_height) != image.size:
                 filters = {"bicubic": Image.Resampling.BICUBIC,
                            "bilinear": Image.Resampling.BILINEAR}

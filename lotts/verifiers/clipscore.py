@@ -3,10 +3,12 @@
 score = max(100 * cos(image, text), 0), the reference implementation torchmetrics'
 `clip_score` per image (the paper's w=2.5 only rescales). Weights: any transformers `CLIPModel`
 folder with its tokenizer, by default the cached `openai/clip-vit-large-patch14` (torchmetrics'
-default). As torchmetrics: images go through the folder's `CLIPProcessor` (transformers 5, see
-`ClipProcessorTransform`; `processor_backend="pil"` for its PIL backend), and prompts are
-tokenized without truncation and then cut to 77 positions, so a longer prompt loses its end
-token (torchmetrics warns and cuts; the text tower pools what is left).
+default). As torchmetrics: images go through the folder's `CLIPProcessor` (by default as
+transformers 5 runs it; `processor_backend="transformers4"` for the transformers 4.x that the
+released torchmetrics 1.9.0 needs, `"pil"` for transformers 5 without torchvision; see
+`ClipProcessorTransform`), and prompts are tokenized without truncation and then cut to 77
+positions, so a longer prompt loses its end token (torchmetrics warns and cuts; the text tower
+pools what is left).
 """
 from __future__ import annotations
 

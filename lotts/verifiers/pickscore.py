@@ -2,11 +2,15 @@
 
 score = logit_scale.exp() * cos(image, text), exactly the original inference code. The model
 repo `yuvalkirstain/PickScore_v1` is a plain `CLIPModel`; its tokenizer and preprocessor come
-from `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` unless the model folder has them. As that code's
-`AutoProcessor` on transformers 5: images through `CLIPImageProcessor` (transparency
-composited onto white, uint8 antialiased bicubic resize, floored crop; `processor_backend="pil"`
-for the PIL backend used where torchvision is missing), prompts truncated to 77 tokens with the
-end token kept.
+from `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` unless the model folder has them. Prompts are
+truncated to 77 tokens with the end token kept, as that code's processor call.
+
+Images go through `CLIPImageProcessor` as `AutoProcessor` gives it, which depends on the
+transformers version (`ClipProcessorTransform`): by default transformers 5 with torchvision
+(transparency composited onto white, uint8 antialiased bicubic resize, floored crop);
+`processor_backend="transformers4"` reproduces the released code, which runs on transformers
+4.x only (slow processor: alpha dropped, PIL resize); `"pil"` is transformers 5 without
+torchvision.
 """
 from __future__ import annotations
 
