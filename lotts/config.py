@@ -6,7 +6,7 @@ Defaults follow the README's *Method* section. Fractions (``t0``, ``localization
 Seeds: a run with user seed ``s`` draws original ``j`` from ``torch.Generator().manual_seed(s + j)``
 (the same noise the pipeline itself draws for that generator, so Best-of-N and LoTTS originals
 coincide). Every other random stream (localization noise, each refinement's injected noise,
-the stand-in trajectory of a user image) comes from :func:`derive_seed` of the owning seed and
+the stand-in trajectory of a user image) comes from :func:`stream_seed` of the owning seed and
 the candidate index, never from batch composition.
 """
 from __future__ import annotations
@@ -24,8 +24,10 @@ SEARCHES = ("siblings", "chain")
 LOCALIZATION_PROMPTS = 3  # original, positive, negative in one batched forward
 
 
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any tuple of ints and strings (stable across runs and machines)."""
+def stream_seed(*parts: object) -> int:
+    """The seed of one random stream inside a run, from its owner's seed and what it is for
+    (e.g. ``(seed, "refine", index)``): 63 bits of blake2b, stable across runs and machines.
+    (A prompt's own seed in a batch run is :func:`lotts.runs.prompts.prompt_seed`.)"""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
