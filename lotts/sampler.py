@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from lotts.backbones import Backbone, Run, Settings, detect_backbone
+from lotts.backbones.callbacks import guidance_after_callback
 from lotts.config import LoTTSConfig, ResolvedConfig, stream_seed
 from lotts.cost import CostMeter
 from lotts.localization import Localization, localization_inputs, localize
@@ -263,6 +264,8 @@ class LoTTS:
 
         def on_step_end(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             out = (user_callback(pipe, i, t, tensors) if user_callback is not None else None) or {}
+            if user_callback is not None and cache_from is not None and i + 1 == cache_from:
+                run.step_settings = guidance_after_callback(run, run.settings)  # entering t0
             if cached is not None and cache_from is not None and i + 1 >= cache_from:
                 cached.append(out.get("latents", tensors["latents"]))
             return out
@@ -352,6 +355,8 @@ class LoTTS:
         """The call's settings, with the LoTTS config checked against its schedule up front."""
         settings = self.backbone.settings(pipe_kwargs)
         self.config.resolved(self.backbone.name, settings.num_inference_steps)
+        if self.config.num_refinements > 0:
+            self.backbone.check_callback_inputs(settings)
         return settings
 
     def _size_from(self, image: Union[Image.Image, torch.Tensor],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -185,6 +185,12 @@ class FluxBackbone(Backbone):
         latents = vae.encode(pixels.to(settings.device, vae.dtype)).latent_dist.mode()
         latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
         return self.pack(latents).to(settings.dtype)
+
+    _CALLBACK_BUILDERS = frozenset({"prompt_embeds"})
+
+    def callback_tensors(self, cond: Conditioning, n: int, settings: Settings
+                         ) -> dict[str, Optional[torch.Tensor]]:
+        return {"prompt_embeds": cond.rows(n)["encoder_hidden_states"]}
 
     def token_source(self, settings: Settings) -> tuple[Any, int]:
         return self.pipe.tokenizer_2, settings.options["max_sequence_length"]

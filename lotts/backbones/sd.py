@@ -68,6 +68,16 @@ class UNetBackbone(Backbone, ABC):
             noise = rescale_noise_cfg(noise, text, guidance_rescale=rescale)
         return noise
 
+    _CALLBACK_BUILDERS = frozenset({"prompt_embeds", "negative_prompt_embeds"})
+    follows_pipeline_guidance = True
+
+    def callback_tensors(self, cond: Conditioning, n: int, settings: Settings
+                         ) -> dict[str, Optional[torch.Tensor]]:
+        # As __call__ holds them: prompt_embeds = [negative rows, positive rows] under guidance.
+        rows = cond.rows(n, "cfg" if settings.do_cfg else "positive")
+        negative = cond.rows(n, "negative")["encoder_hidden_states"] if settings.do_cfg else None
+        return {"prompt_embeds": rows["encoder_hidden_states"], "negative_prompt_embeds": negative}
+
     def _postprocess(self, image: torch.Tensor,
                      denormalize: Optional[list[bool]] = None) -> list[Image.Image]:
         return self.pipe.image_processor.postprocess(image, output_type="pil",

@@ -69,6 +69,21 @@ class StableDiffusionXLBackbone(UNetBackbone):
                                      if pipe_kwargs.get(k) is not None})
         return settings
 
+    _CALLBACK_BUILDERS = frozenset({"prompt_embeds", "negative_prompt_embeds", "add_text_embeds",
+                                    "add_time_ids", "negative_pooled_prompt_embeds",
+                                    "negative_add_time_ids"})
+
+    def callback_tensors(self, cond: Conditioning, n: int, settings: Settings
+                         ) -> dict[str, Optional[torch.Tensor]]:
+        # As __call__ holds them: every tensor [negative rows, positive rows] under guidance.
+        rows = cond.rows(n, "cfg" if settings.do_cfg else "positive")
+        negative = cond.rows(n, "negative") if settings.do_cfg else {}
+        return {"prompt_embeds": rows["encoder_hidden_states"],
+                "add_text_embeds": rows["text_embeds"], "add_time_ids": rows["time_ids"],
+                "negative_prompt_embeds": negative.get("encoder_hidden_states"),
+                "negative_pooled_prompt_embeds": negative.get("text_embeds"),
+                "negative_add_time_ids": negative.get("time_ids")}
+
     @contextmanager
     def _vae_precision(self) -> Iterator[torch.dtype]:
         """The VAE in float32 where SDXL's fp16 VAE overflows (force_upcast), as __call__ does."""
