@@ -125,6 +125,8 @@ class AttentionCapture:
                                      attention_mask=attention_mask, **extra)
 
     # ----- UNet: mirrors diffusers' AttnProcessor2_0 ------------------------------------------
+    # Adapted from diffusers diffusers.models.attention_processor.AttnProcessor2_0, 0.42.1
+    # (its __call__, with the attention itself handed to `attend`).
     def _unet(self, name, attn, hidden_states, encoder_hidden_states, temb, attend):
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -168,6 +170,8 @@ class AttentionCapture:
         return F.scaled_dot_product_attention(query, key, value)
 
     # ----- FLUX: mirrors diffusers' FluxAttnProcessor (double-stream blocks) ------------------
+    # Adapted from diffusers diffusers.models.transformers.transformer_flux.FluxAttnProcessor, 0.42.1
+    # (its __call__ for blocks with added_kv_proj_dim, without an attention mask).
     def _flux_joint(self, name, attn, hidden_states, encoder_hidden_states, attention_mask,
                     image_rotary_emb):
         if attention_mask is not None:
@@ -259,6 +263,8 @@ def _resize(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps, size=grid, mode="bilinear", align_corners=False)
 
 
+# Adapted from diffusers diffusers.models.transformers.transformer_flux._get_qkv_projections, 0.42.1
+# (with FluxAttnProcessor's normalization and text-first concatenation).
 def _flux_projections(attn, hidden_states, encoder_hidden_states):
     """Joint (text first) q, k, v of a FLUX double-stream block, (B, L, H, D), normalized."""
     if getattr(attn, "fused_projections", False):

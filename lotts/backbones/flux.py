@@ -81,6 +81,8 @@ class FluxBackbone(Backbone):
     def entering_latents(self, noise: torch.Tensor, run: Run) -> torch.Tensor:
         return noise
 
+    # Adapted from diffusers diffusers.pipelines.flux.pipeline_flux.FluxPipeline.__call__, 0.42.1
+    # (its "5. Prepare timesteps": linear sigmas, resolution-dependent shift mu).
     def set_timesteps(self, scheduler: Any, settings: Settings,
                       noise_shape: tuple[int, ...]) -> torch.Tensor:
         from diffusers.pipelines.flux.pipeline_flux import (
@@ -108,6 +110,8 @@ class FluxBackbone(Backbone):
         settings.options["img_ids"] = image_ids
         return settings
 
+    # Adapted from diffusers diffusers.pipelines.flux.pipeline_flux.FluxPipeline.__call__, 0.42.1
+    # (one transformer call of its denoising loop; true CFG as in guided()).
     def forward(self, scheduler: Any, latents: torch.Tensor, t: torch.Tensor,
                 rows: dict[str, Any], settings: Settings) -> torch.Tensor:
         n = latents.shape[0]
@@ -137,6 +141,7 @@ class FluxBackbone(Backbone):
             noise = uncond + settings.options["true_cfg_scale"] * (noise - uncond)
         return noise
 
+    # Adapted from diffusers diffusers.pipelines.flux.pipeline_flux.FluxPipeline._unpack_latents, 0.42.1
     def unpack(self, latents: torch.Tensor, settings: Settings) -> torch.Tensor:
         """(B, L, 4C) tokens -> (B, C, h, w) latents, as the pipeline unpacks them."""
         h, w = self._latent_hw(settings)
@@ -144,6 +149,7 @@ class FluxBackbone(Backbone):
         latents = latents.view(batch, h // 2, w // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
         return latents.reshape(batch, channels // 4, h, w)
 
+    # Adapted from diffusers diffusers.pipelines.flux.pipeline_flux.FluxPipeline._pack_latents, 0.42.1
     def pack(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, L, 4C), the pipeline's token layout."""
         batch, channels, h, w = latents.shape

@@ -34,6 +34,9 @@ class StableDiffusionXLBackbone(UNetBackbone):
             negative_prompt_2=negative_2, lora_scale=self.lora_scale(settings),
             clip_skip=settings.options.get("clip_skip"))
 
+    # Adapted from diffusers
+    # diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl.StableDiffusionXLPipeline._get_add_time_ids, 0.42.1  # noqa: E501
+    # (negative size conditioning defaults to the positive one, as __call__ passes it).
     def _time_ids(self, settings: Settings) -> torch.Tensor:
         size = (settings.height, settings.width)
         original = tuple(settings.options.get("original_size") or size)
@@ -106,6 +109,9 @@ class StableDiffusionXLBackbone(UNetBackbone):
         view = lambda v: torch.tensor(v).view(1, -1, 1, 1).to(device, dtype)
         return view(mean), view(std)
 
+    # Adapted from diffusers
+    # diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl.StableDiffusionXLPipeline.__call__, 0.42.1  # noqa: E501
+    # (its decode: fp16 VAE upcast, latents_mean/std, watermark).
     def decode(self, latents: torch.Tensor, settings: Settings) -> list[Image.Image]:
         config = self.pipe.vae.config
         with self._vae_precision() as dtype:
