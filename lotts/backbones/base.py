@@ -106,7 +106,7 @@ class Backbone(ABC):
         return int(self.pipe.default_sample_size * self.pipe.vae_scale_factor)
 
     def text_dtype(self) -> torch.dtype:
-        encoder = getattr(self.pipe, "text_encoder", None) or self.denoiser
+        encoder: Any = getattr(self.pipe, "text_encoder", None) or self.denoiser
         return encoder.dtype
 
     # --- per-family pieces -------------------------------------------------------------------

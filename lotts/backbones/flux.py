@@ -34,7 +34,7 @@ class FluxBackbone(Backbone):
         return scale > 1 and settings.options.get("negative_prompt") is not None
 
     def text_dtype(self) -> torch.dtype:
-        encoder = self.pipe.text_encoder or self.pipe.text_encoder_2 or self.denoiser
+        encoder: Any = self.pipe.text_encoder or self.pipe.text_encoder_2 or self.denoiser
         return encoder.dtype
 
     def _encode(self, prompt: Any, settings: Settings, prompt_2: Any = None
@@ -91,14 +91,15 @@ class FluxBackbone(Backbone):
         )
 
         steps = settings.num_inference_steps
-        sigmas = np.linspace(1.0, 1 / steps, steps)
+        sigmas: Optional[np.ndarray] = np.linspace(1.0, 1 / steps, steps)
         if getattr(scheduler.config, "use_flow_sigmas", False):
             sigmas = None
         config = scheduler.config
         mu = calculate_shift(noise_shape[1], config.get("base_image_seq_len", 256),
                              config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
                              config.get("max_shift", 1.15))
-        timesteps, _ = retrieve_timesteps(scheduler, steps, settings.device, sigmas=sigmas, mu=mu)
+        timesteps, _ = retrieve_timesteps(scheduler, steps, settings.device,
+                                          sigmas=sigmas, mu=mu)  # type: ignore[arg-type]
         return timesteps
 
     def settings(self, pipe_kwargs: dict[str, Any]) -> Settings:

@@ -23,7 +23,7 @@ class StableDiffusionXLBackbone(UNetBackbone):
                                                  "crops_coords_top_left", "target_size"}
 
     def text_dtype(self) -> torch.dtype:
-        encoder = self.pipe.text_encoder_2 or self.pipe.text_encoder or self.denoiser
+        encoder: Any = self.pipe.text_encoder_2 or self.pipe.text_encoder or self.denoiser
         return encoder.dtype
 
     def _encode(self, prompt: Any, settings: Settings, do_cfg: bool, prompt_2: Any = None,
@@ -117,7 +117,7 @@ class StableDiffusionXLBackbone(UNetBackbone):
         with self._vae_precision() as dtype:
             latents = latents.to(dtype)
             mean, std = self._scaling(latents.device, dtype)
-            if mean is not None:
+            if mean is not None and std is not None:
                 latents = latents * std / config.scaling_factor + mean
             else:
                 latents = latents / config.scaling_factor
@@ -131,7 +131,7 @@ class StableDiffusionXLBackbone(UNetBackbone):
         with self._vae_precision():
             latents = self._vae_latents(image, settings).float()
         mean, std = self._scaling(latents.device, latents.dtype)
-        if mean is not None:
+        if mean is not None and std is not None:
             latents = (latents - mean) * config.scaling_factor / std
         else:
             latents = latents * config.scaling_factor
