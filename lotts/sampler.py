@@ -18,10 +18,10 @@ removed/restored in ``finally`` blocks.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from PIL import Image
@@ -75,7 +75,7 @@ def score_images(verifier: Verifier, images: Sequence[Image.Image], prompt: str)
 def _prompts(prompt: Prompt) -> tuple[list[str], bool]:
     """(prompts, single) with every prompt a non-empty string."""
     single = isinstance(prompt, str)
-    prompts = [prompt] if single else list(prompt) if prompt is not None else []
+    prompts: list[Any] = [prompt] if single else list(prompt) if prompt is not None else []
     if not prompts:
         raise ValueError("prompt must be a non-empty string or a non-empty list of strings")
     for p in prompts:
@@ -218,6 +218,8 @@ class LoTTS:
                         localization_batch = localization_inputs(self.backbone, settings, prompt,
                                                                  config)
                     found = self._localize(run, plan, pool, parents, localization_batch)
+                meter.cost.capture_peak_bytes = max(meter.cost.capture_peak_bytes,
+                                                    found.capture_bytes)
                 self._refine(run, plan, pool, parents, found, per_parent, seed, meter,
                              record=level < levels - 1)
 
@@ -305,7 +307,7 @@ class LoTTS:
         x0 = torch.cat([pool.candidates[p].latents for p in parents])
         seeds = [stream_seed(pool.candidates[p].seed, "localize", p) for p in parents]
         return localize(run, x0, seeds, plan.localization_step, self.config.lam,
-                        self.config.mask_ratio, cond, tokens)
+                        self.config.mask_ratio, cond, tokens, self.config.self_attention_blocks)
 
     # ----- 3. refine --------------------------------------------------------------------------
     def _refine(self, run: Run, plan: ResolvedConfig, pool: Pool, parents: list[int],
@@ -357,6 +359,9 @@ class LoTTS:
         self.config.resolved(self.backbone.name, settings.num_inference_steps)
         if self.config.num_refinements > 0:
             self.backbone.check_callback_inputs(settings)
+        if self.config.self_attention_blocks is not None and self.backbone.capture_mode != "flux":
+            raise ValueError("self_attention_blocks selects FLUX double-stream blocks; "
+                             f"{type(self.pipe).__name__} uses its finest self-attention layers")
         return settings
 
     def _size_from(self, image: Union[Image.Image, torch.Tensor],
