@@ -6,7 +6,7 @@ Defaults follow the README's *Method* section. Fractions (``t0``, ``localization
 Seeds: a run with user seed ``s`` draws original ``j`` from ``torch.Generator().manual_seed(s + j)``
 (the same noise the pipeline itself draws for that generator, so Best-of-N and LoTTS originals
 coincide). Every other random stream (localization noise, each refinement's injected noise,
-the stand-in trajectory of a user image) comes from :func:`derive_seed` of the owning seed and
+the stand-in trajectory of a user image) comes from :func:`stream_seed` of the owning seed and
 the candidate index, never from batch composition.
 """
 from __future__ import annotations
@@ -24,8 +24,10 @@ SEARCHES = ("siblings", "chain")
 LOCALIZATION_PROMPTS = 3  # original, positive, negative in one batched forward
 
 
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any tuple of ints and strings (stable across runs and machines)."""
+def stream_seed(*parts: object) -> int:
+    """The seed of one random stream inside a run, from its owner's seed and what it is for
+    (e.g. ``(seed, "refine", index)``): 63 bits of blake2b, stable across runs and machines.
+    (A prompt's own seed in a batch run is :func:`lotts.runs.prompts.prompt_seed`.)"""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
@@ -98,6 +100,10 @@ class LoTTSConfig:
         None, "originals per pipeline call (None: all of a prompt's originals at once).")
     global_fraction: float = _setting(
         0.1, "share of the schedule run unmasked when global_steps is None.")
+    self_attention_blocks: Optional[tuple[int, int]] = _setting(
+        None, "FLUX only: (first, last) double-stream block indices whose self-attention feeds "
+        "eq. (2), e.g. (15, 18) as ConceptAttention; None: every double-stream block. Each "
+        "block kept holds q and k, about 53 MB per image at 1024 px in bf16.")
 
     def __post_init__(self) -> None:
         self._check_counts()
@@ -112,6 +118,13 @@ class LoTTSConfig:
             raise ValueError(f"num_refinements must be an int >= 0, got {self.num_refinements!r}")
         if self.global_steps is not None and (not _is_int(self.global_steps) or self.global_steps < 0):
             raise ValueError(f"global_steps must be None or an int >= 0, got {self.global_steps!r}")
+        blocks = self.self_attention_blocks
+        if blocks is not None:
+            if (not isinstance(blocks, (tuple, list)) or len(blocks) != 2
+                    or not all(_is_int(b) and b >= 0 for b in blocks) or blocks[0] > blocks[1]):
+                raise ValueError("self_attention_blocks must be None or (first, last) block "
+                                 f"indices with 0 <= first <= last, got {blocks!r}")
+            self.self_attention_blocks = (blocks[0], blocks[1])
         for name in ("refine_batch_size", "generate_batch_size"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
@@ -143,7 +156,7 @@ class LoTTSConfig:
                 or not all(isinstance(p, str) and p.count("{}") == 1 for p in prompts)):
             raise ValueError("quality_prompts must be two templates, each with one '{}', got "
                              f"{prompts!r}")
-        self.quality_prompts = tuple(prompts)
+        self.quality_prompts = (prompts[0], prompts[1])
         if self.token_selection not in TOKEN_SELECTIONS:
             raise ValueError(f"token_selection must be one of {TOKEN_SELECTIONS}, got "
                              f"{self.token_selection!r}")
@@ -151,7 +164,7 @@ class LoTTSConfig:
             raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
 
     # ----- resolution -------------------------------------------------------------------------
-    def with_overrides(self, **changes: object) -> LoTTSConfig:
+    def with_overrides(self, **changes: Any) -> LoTTSConfig:
         """A validated copy with some fields changed."""
         return replace(self, **changes)
 
@@ -167,7 +180,7 @@ class LoTTSConfig:
         if not _is_int(num_steps) or num_steps < 1:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_steps!r}")
         # A fraction in [0, 1) always names a step of the schedule, however short it is.
-        t0 = self.t0 if _is_int(self.t0) else \
+        t0 = self.t0 if isinstance(self.t0, int) else \
             min(num_steps - 1, int(round(self.t0_fraction(backbone) * num_steps)))
         if t0 >= num_steps:
             raise ValueError(f"t0 = {t0} lies beyond the schedule: it must be < "
@@ -187,12 +200,12 @@ class LoTTSConfig:
     def lotts_nfe(self, num_inference_steps: int, backbone: str = "sd") -> int:
         """Denoiser evaluations of one LoTTS prompt, counted as in the README's *Method* section."""
         backbone = _backbone_name(backbone)
-        steps = self.resolved(backbone, num_inference_steps)
+        plan = self.resolved(backbone, num_inference_steps)
         g = GUIDANCE_FACTOR[backbone]
         n, k = self.num_seeds, self.num_refinements
         localizations = 0 if k == 0 else (n if self.search == "siblings" else n * k)
-        return (n * steps.num_steps * g + localizations * LOCALIZATION_PROMPTS
-                + n * k * (steps.num_steps - steps.t0) * g)
+        return (n * plan.num_steps * g + localizations * LOCALIZATION_PROMPTS
+                + n * k * (plan.num_steps - plan.t0) * g)
 
     def matched_best_of_n(self, num_inference_steps: int, backbone: str = "sd") -> int:
         """The Best-of-N sample count whose NFE is closest to this LoTTS run's (at least 1)."""
