@@ -22,9 +22,10 @@ import math
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 import torch
@@ -32,11 +33,10 @@ import torch.nn.functional as F
 
 import lotts_kernels
 from lotts_kernels import dispatch
+from lotts_kernels.demo import materialized_attention_maps, materialized_propagate, plan_rounds, synced_timer
 from lotts_kernels.ops.attention import default_scale
 from lotts_kernels.ops.masked_noise_blend import masked_noise_blend_ref
 from lotts_kernels.ops.quality_mask import quality_mask_ref
-from lotts_kernels.demo import (materialized_attention_maps, materialized_propagate, plan_rounds,
-                                synced_timer)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SCALE = os.environ.get("LOTTS_BENCH_SCALE", "gpu" if DEVICE == "cuda" else "cpu")

@@ -1,7 +1,8 @@
 """Input checks shared by the public ops: every error is a ValueError naming the argument."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 

@@ -85,7 +85,7 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "lotts_kernels"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_key(capability: tuple[int, int]) -> str:
     """Hash of the sources' bytes, flags, torch/CUDA/Python versions and the architecture
     (computed once per process and architecture)."""

@@ -12,7 +12,8 @@ import argparse
 import functools
 import statistics
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 
@@ -21,7 +22,6 @@ from lotts_kernels import dispatch, triton_utils
 from lotts_kernels.ops.attention import default_scale
 from lotts_kernels.ops.masked_noise_blend import masked_noise_blend_ref
 from lotts_kernels.ops.quality_mask import quality_mask_ref
-
 
 # ----- timing ---------------------------------------------------------------------------------
 

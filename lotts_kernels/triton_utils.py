@@ -23,7 +23,9 @@ import os
 import sys
 import threading
 import types
-from typing import Any, Callable, ContextManager, Iterable, Optional
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager as ContextManager
+from typing import Any, Optional
 
 import torch
 

@@ -22,8 +22,7 @@ import pytest
 import torch
 
 import lotts_kernels
-from lotts_kernels import KernelUnavailableError, philox, use_impl
-from lotts_kernels import cuda_build
+from lotts_kernels import KernelUnavailableError, cuda_build, philox, use_impl
 from lotts_kernels.ops import masked_noise_blend as blend_op
 from lotts_kernels.ops import quality_mask as quality_mask_op
 from tests.helpers import assert_accurate, assert_close, blend_exact_and_low, seeded

@@ -187,7 +187,8 @@ def test_blend_soft_packed_mask_tensor_coefficients_and_invert():
 
 
 def test_blend_keeps_outside_exactly_and_seeded_noise_is_philox():
-    x0, other = randn(2, 4, 8, 8, dtype=torch.float16, seed=27), randn(2, 4, 8, 8, dtype=torch.float16, seed=28)
+    x0 = randn(2, 4, 8, 8, dtype=torch.float16, seed=27)
+    other = randn(2, 4, 8, 8, dtype=torch.float16, seed=28)
     mask = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
     mask[:, :, 2:5, 3:7] = True
     out = kernels.masked_noise_blend(x0, other, mask, 0.6, 0.8, seed=1234)
@@ -228,8 +229,8 @@ def test_philox_known_answer_and_statistics():
     assert words == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]  # Random123 KAT
     values = torch.tensor([0, 1, 0xFFFF, 0x10000, 0x89ABCDEF, 0xFFFFFFFF])
     high, low = philox._mul_hi_lo(philox.MULTIPLIER_1, values)
-    for value, h, l in zip(values.tolist(), high.tolist(), low.tolist()):
-        assert (h << 32) | l == philox.MULTIPLIER_1 * value
+    for value, hi, lo in zip(values.tolist(), high.tolist(), low.tolist()):
+        assert (hi << 32) | lo == philox.MULTIPLIER_1 * value
     eps = philox.normal(7, (200_000,))
     assert abs(eps.mean().item()) < 0.01 and abs(eps.std().item() - 1) < 0.01
     assert torch.equal(philox.normal(7, (2, 3)).flatten(), philox.normal(7, (6,)))

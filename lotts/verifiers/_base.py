@@ -1,8 +1,8 @@
 """The verifier contract and the batching/validation every verifier shares."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Callable, Protocol, Union, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, Union, runtime_checkable
 
 import numpy as np
 import torch

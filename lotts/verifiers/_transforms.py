@@ -168,8 +168,9 @@ class ClipProcessorTransform:
     version, so `backend` picks one:
 
     - "torchvision" (default): transformers 5 with torchvision installed (torchmetrics'
-      master; PickScore's code once its features are unwrapped). Transparency is composited onto white; the uint8 tensor is resized by
-      torchvision's CPU kernel, torch's native uint8 antialiased bicubic.
+      master; PickScore's code once its features are unwrapped). Transparency is composited
+      onto white; the uint8 tensor is resized by torchvision's CPU kernel, torch's native
+      uint8 antialiased bicubic.
     - "pil": transformers 5 without torchvision. White compositing, PIL resize of the RGB image.
     - "transformers4": transformers 4.x's default slow processor (4.57 still picks it), where
       the released torchmetrics 1.9.0 and PickScore code run: `convert("RGB")`, which drops

@@ -8,10 +8,10 @@ all fail, the error says exactly which file or folder to put where.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
+from typing import Union
 
 import torch
 from torch import nn

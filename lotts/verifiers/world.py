@@ -78,7 +78,10 @@ def _load(which: str, *, path: Optional[PathLike], device: torch.device, dtype: 
     return WorldCleanVerifier(NAMES[which], load_model(folder), device, dtype, batch_size)
 
 
-def load_a(*, path: Optional[PathLike] = None, device: torch.device = torch.device("cpu"),
+CPU = torch.device("cpu")
+
+
+def load_a(*, path: Optional[PathLike] = None, device: torch.device = CPU,
            dtype: torch.dtype = torch.float32, allow_download: bool = False,
            batch_size: int = 64) -> WorldCleanVerifier:
     """`world-clean-a`, the selection verifier."""
@@ -86,7 +89,7 @@ def load_a(*, path: Optional[PathLike] = None, device: torch.device = torch.devi
                  batch_size=batch_size)
 
 
-def load_b(*, path: Optional[PathLike] = None, device: torch.device = torch.device("cpu"),
+def load_b(*, path: Optional[PathLike] = None, device: torch.device = CPU,
            dtype: torch.dtype = torch.float32, allow_download: bool = False,
            batch_size: int = 64) -> WorldCleanVerifier:
     """`world-clean-b`, the held-out verifier."""

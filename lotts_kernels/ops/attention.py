@@ -24,7 +24,8 @@ MiB) even at 4096 x 4096 tokens.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
