@@ -76,6 +76,11 @@ class LoTTSConfig:
     refine_batch_size: refinement latents per denoiser batch (None: k). generate_batch_size:
     originals per pipeline call (None: all of a prompt's originals at once). global_fraction:
     share of the schedule run unmasked when global_steps is None.
+    mask_source: where to re-noise (:mod:`lotts.mask_sources`): "attention" (eqs. 1-4, the
+    paper), "verifier" (the selection verifier's saliency), "attention+verifier", "random" or
+    "full" (the whole image). saliency: "auto" (gradient where the verifier is differentiable,
+    else occlusion), "gradient" or "occlusion". mask_combine: "sum" (mean) or "product" of the
+    normalized maps for "attention+verifier". occlusion_patch: occlusion window in grid cells.
     """
 
     num_seeds: int = 3
@@ -92,6 +97,10 @@ class LoTTSConfig:
     refine_batch_size: Optional[int] = None
     generate_batch_size: Optional[int] = None
     global_fraction: float = 0.1
+    mask_source: str = "attention"
+    saliency: str = "auto"
+    mask_combine: str = "sum"
+    occlusion_patch: int = 2
 
     def __post_init__(self) -> None:
         self._check_counts()
@@ -110,6 +119,8 @@ class LoTTSConfig:
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
                 raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+        if not _is_int(self.occlusion_patch) or self.occlusion_patch < 1:
+            raise ValueError(f"occlusion_patch must be an int >= 1, got {self.occlusion_patch!r}")
 
     def _check_fractions(self) -> None:
         if not _is_number(self.mask_ratio) or not 0.0 < self.mask_ratio <= 1.0:
@@ -143,6 +154,11 @@ class LoTTSConfig:
                              f"{self.token_selection!r}")
         if self.search not in SEARCHES:
             raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
+        from lotts.mask_sources import MASK_COMBINES, MASK_SOURCES, SALIENCY_METHODS
+        for name, allowed in (("mask_source", MASK_SOURCES), ("saliency", SALIENCY_METHODS),
+                              ("mask_combine", MASK_COMBINES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     # ----- resolution -------------------------------------------------------------------------
     def with_overrides(self, **changes: object) -> LoTTSConfig:
@@ -178,14 +194,17 @@ class LoTTSConfig:
         return ResolvedConfig(num_steps, t0, global_steps, level)
 
     # ----- cost -------------------------------------------------------------------------------
-    def lotts_nfe(self, num_inference_steps: int, backbone: str = "sd") -> int:
-        """Denoiser evaluations of one LoTTS prompt, counted as in the README's *Method* section."""
+    def lotts_nfe(self, num_inference_steps: int, backbone: str = "sd",
+                  guidance_factor: Optional[int] = None) -> int:
+        """Denoiser evaluations of one LoTTS prompt, counted as in the README's *Method* section
+        (guidance_factor: rows per guided step; None: the backbone's, 2 for SD/SDXL)."""
+        from lotts.mask_sources import localization_nfe
         backbone = _backbone_name(backbone)
         steps = self.resolved(backbone, num_inference_steps)
-        g = GUIDANCE_FACTOR[backbone]
+        g = GUIDANCE_FACTOR[backbone] if guidance_factor is None else guidance_factor
         n, k = self.num_seeds, self.num_refinements
         localizations = 0 if k == 0 else (n if self.search == "siblings" else n * k)
-        return (n * steps.num_steps * g + localizations * LOCALIZATION_PROMPTS
+        return (n * steps.num_steps * g + localizations * localization_nfe(self.mask_source)
                 + n * k * (steps.num_steps - steps.t0) * g)
 
     def matched_best_of_n(self, num_inference_steps: int, backbone: str = "sd") -> int:

@@ -23,7 +23,8 @@ from PIL import Image
 from lotts.backbones import Backbone, Run, detect_backbone
 from lotts.config import LoTTSConfig, ResolvedConfig, derive_seed
 from lotts.cost import CostMeter
-from lotts.localization import localization_inputs, localize
+from lotts.localization import localization_inputs
+from lotts.mask_sources import MaskInputs, localize_with_source
 from lotts.resampling import (
     CachedTrajectory,
     NoisedTrajectory,
@@ -292,14 +293,21 @@ class _Session:
                 self.trajectories[added] = outcome.trajectory
 
     def _localize(self, parents: list[int]):
+        """The mask of each parent from ``config.mask_source`` (:mod:`lotts.mask_sources`)."""
+        inputs = MaskInputs(self.run, torch.cat([self.candidates[p].latents for p in parents]),
+                            [self.candidates[p].image for p in parents],
+                            [derive_seed(self.candidates[p].seed, "localize", p) for p in parents],
+                            self._localization_inputs)
+        found, calls = localize_with_source(self.config, self.owner.verifier, inputs,
+                                            self.steps.localization_step)
+        self.meter.count_verifier(calls)
+        return found
+
+    def _localization_inputs(self):
         if self._loc is None:
             self._loc = localization_inputs(self.backbone, self.run.settings, self.run.prompt,
                                             self.config)
-        cond, tokens = self._loc
-        x0 = torch.cat([self.candidates[p].latents for p in parents])
-        seeds = [derive_seed(self.candidates[p].seed, "localize", p) for p in parents]
-        return localize(self.run, x0, seeds, self.steps.localization_step, self.config.lam,
-                        self.config.mask_ratio, cond, tokens)
+        return self._loc
 
     # ----- bookkeeping ------------------------------------------------------------------------
     def _add(self, candidate: Candidate) -> int:
