@@ -59,7 +59,7 @@ def build_spec(which: str, repair_prompts: int, scaling_prompts: int, planted: i
         "repair": {"doc": ("parents: the sample of seed + j (j < seeds_per_prompt) per prompt, "
                            "denoised by the library's loop; defective = held-out logit < "
                            "threshold; each defective parent refined ONCE per (source, r) from "
-                           "t0 with ONE injected noise (derive_seed(seed, 'repair-noise')); "
+                           "t0 with ONE injected noise (stream_seed(seed, 'repair-noise')); "
                            "repaired = held-out logit >= threshold after"),
                    "prompts": prompts_from(s["scene"], s["prompt"], repair_prompts),
                    "seeds_per_prompt": 3, "sources": list(SOURCES), "ratios": [0.2, 0.5, 0.8],

@@ -20,23 +20,31 @@ mask (round(r * h * w) positions, ties to the lower index), as a :class:`Localiz
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
-from lotts.config import LOCALIZATION_PROMPTS
+from lotts.config import (
+    ATTENTION_SOURCES,
+    MASK_COMBINES,
+    MASK_SOURCES,
+    SALIENCY_METHODS,
+    VERIFIER_SOURCES,
+    localization_nfe,
+)
 from lotts.localization import Localization, localize
+from lotts.verifiers import check_scores
 from lotts_kernels import quality_mask
 
-MASK_SOURCES = ("attention", "verifier", "attention+verifier", "random", "full")
-SALIENCY_METHODS = ("auto", "gradient", "occlusion")
-MASK_COMBINES = ("sum", "product")
-ATTENTION_SOURCES = ("attention", "attention+verifier")
-VERIFIER_SOURCES = ("verifier", "attention+verifier")
+__all__ = ["MASK_COMBINES", "MASK_SOURCES", "SALIENCY_METHODS", "MaskInputs", "combine",
+           "gradient_saliency", "localization_nfe", "localize_with_source", "occlusion_saliency",
+           "pixel_scorer", "random_heat", "saliency_calls", "source_heatmap", "top_r_mask",
+           "verifier_saliency"]
 
 
 # ----- masks from heatmaps -------------------------------------------------------------------
@@ -126,8 +134,6 @@ def occlusion_saliency(verifier: Callable[..., Any], images: Sequence[Image.Imag
     Works for any verifier callable ``(images, prompts) -> scores``; the base scores are one
     more call per image.
     """
-    from lotts.verifiers import check_scores
-
     windows = occlusion_windows(grid, patch)
     heat = torch.zeros(len(images), *grid)
     calls = 0
@@ -217,11 +223,6 @@ def localize_with_source(config: Any, verifier: Any, inputs: MaskInputs, step: i
     if config.mask_source == "full":
         return Localization(heat, torch.ones_like(heat, dtype=torch.bool)), calls
     return Localization(heat, top_r_mask(heat, config.mask_ratio)), calls
-
-
-def localization_nfe(mask_source: str) -> int:
-    """Denoiser rows one image's localization costs under `mask_source` (attention: 3 prompts)."""
-    return LOCALIZATION_PROMPTS if mask_source in ATTENTION_SOURCES else 0
 
 
 def saliency_calls(mask_source: str, saliency: str, differentiable: bool,

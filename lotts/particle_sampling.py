@@ -25,11 +25,18 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from lotts.backbones import Run
-from lotts.config import LoTTSConfig, derive_seed
+from lotts.config import LoTTSConfig, stream_seed
 from lotts.cost import CostMeter
 from lotts.result import Candidate, LoTTSResult
-from lotts.sampler import LoTTS, Prompt, VerifierSpec, _check_seed, _prompts, verifier_name
-from lotts.verifiers import check_scores
+from lotts.sampler import (
+    LoTTS,
+    Prompt,
+    VerifierSpec,
+    _check_seed,
+    _prompts,
+    score_images,
+    verifier_label,
+)
 
 POTENTIALS = ("max", "sum", "difference", "immediate")
 
@@ -127,22 +134,20 @@ class _Particles:
     def score(self, latents: torch.Tensor) -> tuple[list, torch.Tensor]:
         with self.meter.phase("verify"):
             images = self.backbone.decode(latents, self.run.settings)
-            verifier = self.owner.verifier
-            raw = verifier(images, [self.run.prompt] * len(images))
-            scores = check_scores(raw, len(images), verifier_name(verifier))
+            scores = torch.tensor(score_images(self.owner.verifier, images, self.run.prompt))
             self.meter.count_verifier(len(images))
         return images, scores
 
     def run_steps(self, latents: torch.Tensor, potential: Potential, at: set[int]) -> torch.Tensor:
         run, settings = self.run, self.run.settings
         scheduler = run.scheduler_at(0)
-        step_kwargs = run.step_kwargs(scheduler, [derive_seed(self.seed, "particle-step", j)
+        step_kwargs = run.step_kwargs(scheduler, [stream_seed(self.seed, "particle-step", j)
                                                   for j in range(self.n)])
         if "eta" in step_kwargs and self.eta is not None:
             step_kwargs["eta"] = self.eta
         if "eta" in step_kwargs and step_kwargs["eta"] > 0 and "generator" not in step_kwargs:
             step_kwargs["generator"] = [torch.Generator("cpu").manual_seed(
-                derive_seed(self.seed, "particle-step", j)) for j in range(self.n)]
+                stream_seed(self.seed, "particle-step", j)) for j in range(self.n)]
         for i in range(run.num_steps):
             t = run.timesteps[i]
             with self.meter.phase("generate"):
@@ -156,7 +161,7 @@ class _Particles:
             if x0_hat is not None:
                 _, rewards = self.score(x0_hat)
                 index = multinomial_resample(potential.log_weights(rewards),
-                                             derive_seed(self.seed, "particles-resample", i))
+                                             stream_seed(self.seed, "particles-resample", i))
                 latents = latents[index.to(latents.device)]
                 potential.reindex(index)
                 reindex_scheduler_state(scheduler, index, self.n)
@@ -184,13 +189,10 @@ def _one_prompt(owner: LoTTS, prompt: str, seed: int, n: int, settings: Any, pot
                             nfe=per_particle)
                   for b, (j, image, s) in enumerate(zip(particles.lineage, images, scores.tolist()))]
     selected = max(range(n), key=lambda i: (candidates[i].score, -i))
-    result_scores = {verifier_name(owner.verifier): candidates[selected].score}
-    with meter.phase("report"):
-        for name, verifier in owner.report_verifiers.items():
-            raw = verifier([candidates[selected].image], [prompt])
-            result_scores[name] = float(check_scores(raw, 1, name)[0])
-    if not owner.report_verifiers:
-        meter.cost.seconds.pop("report", None)
+    result_scores = {verifier_label(owner.verifier): candidates[selected].score}
+    if owner.report_verifiers:
+        with meter.phase("report"):
+            result_scores.update(owner._held_out_scores(candidates[selected].image, prompt))
     return LoTTSResult(prompt, candidates, selected, meter.cost, result_scores, "particles")
 
 

@@ -14,7 +14,8 @@ Everything goes through the library (:mod:`lotts.mask_sources`, :func:`lotts.res
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,7 +137,7 @@ class Repairer:
     @torch.no_grad()
     def __call__(self, prompt: str, seed: int, sources: Sequence[str], ratios: Sequence[float]
                  ) -> dict:
-        from lotts.config import derive_seed
+        from lotts.config import stream_seed
         from lotts.localization import localization_inputs
         from lotts.mask_sources import MaskInputs, source_heatmap, top_r_mask
         from lotts.resampling import RefineJob, refine_batch
@@ -146,10 +147,10 @@ class Repairer:
                "parent_defective": parent_held < self.threshold}
         if not row["parent_defective"]:
             return row
-        inputs = MaskInputs(run, x0, [image], [derive_seed(seed, "localize", 0)],
+        inputs = MaskInputs(run, x0, [image], [stream_seed(seed, "localize", 0)],
                             lambda: localization_inputs(self.backbone, self.settings, prompt,
                                                         self.config))
-        noise_seed = derive_seed(seed, "repair-noise")  # one noise for every refinement: paired
+        noise_seed = stream_seed(seed, "repair-noise")  # one noise for every refinement: paired
         jobs, labels = [], []
         for source in sources:
             heat, _ = source_heatmap(source, self.config, self.select, inputs,
