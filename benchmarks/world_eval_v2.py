@@ -272,6 +272,9 @@ def main(argv=None) -> int:
         result["scaling_spec"] = parts[0]["scaling_spec"]
         result["scaling"].sort(key=lambda r: r["seed"])
         result["meta"] = meta_info(result["seconds"], len(parts))
+        # the code that produced the rows is the shards' commit, not the merging one
+        result["meta"]["commit"] = ",".join(sorted({p["meta"]["commit"] for p in parts}))
+        result["meta"]["loadavg"] = [p["meta"]["loadavg"] for p in parts]
         summary = summarize(result, spec)
         result["summary"] = summary
         out = args.out or ROWS
