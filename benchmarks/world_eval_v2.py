@@ -286,8 +286,9 @@ def main(argv=None) -> int:
             write_results_md(text)
         return 0
     i, n = (int(x) for x in args.shard.split("/"))
+    commit = meta_info({}, 1)["commit"]  # the code that runs: HEAD when the run starts
     result = run(spec, args.smoke, (i, n), set(args.parts.split(",")))
-    result["meta"] = meta_info(result["seconds"], 1)
+    result["meta"] = {**meta_info(result["seconds"], 1), "commit": commit}
     summary = summarize(result, spec)
     result["summary"] = summary
     out = args.out or (HERE / "results" / ("world_eval_v2_smoke.json" if args.smoke else
