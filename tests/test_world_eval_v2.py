@@ -63,3 +63,22 @@ def test_world_eval_v2_smoke() -> None:
         "platform": "-", "torch": "-", "diffusers": "-", "processes": 1, "commit": "-",
         "seconds": {}})
     assert "Scaling at matched NFE" in text and "Planted defects" in text
+
+
+@pytest.mark.parametrize("name", ["world-clean-a", "world-clean-b"])
+def test_world_verifier_pixel_hook_gives_its_own_scores_and_a_gradient(name: str) -> None:
+    import torch
+    from PIL import Image
+
+    from lotts.mask_sources import images_to_pixels, pixel_scorer
+    from lotts.verifiers import load_verifier
+    verifier = load_verifier(name, device="cpu")
+    rng = np.random.default_rng(5)
+    images = [Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)) for _ in range(3)]
+    scorer = pixel_scorer(verifier)
+    assert scorer is not None
+    pixels = images_to_pixels(images).requires_grad_(True)
+    scores = scorer(pixels, ["p"] * 3)
+    assert torch.allclose(scores.detach(), verifier(images, ["p"] * 3), atol=1e-5)
+    (grad,) = torch.autograd.grad(scores.sum(), pixels)
+    assert grad.abs().sum() > 0
