@@ -112,6 +112,10 @@ class LoTTSConfig:
         None, "originals per pipeline call (None: all of a prompt's originals at once).")
     global_fraction: float = _setting(
         0.1, "share of the schedule run unmasked when global_steps is None.")
+    self_attention_blocks: Optional[tuple[int, int]] = _setting(
+        None, "FLUX only: (first, last) double-stream block indices whose self-attention feeds "
+        "eq. (2), e.g. (15, 18) as ConceptAttention; None: every double-stream block. Each "
+        "block kept holds q and k, about 53 MB per image at 1024 px in bf16.")
     mask_source: str = _setting(
         "attention", 'where to re-noise (lotts.mask_sources): "attention" (eqs. 1-4, the paper), '
         '"verifier" (the selection verifier\'s saliency), "attention+verifier", "random" or '
@@ -136,6 +140,13 @@ class LoTTSConfig:
             raise ValueError(f"num_refinements must be an int >= 0, got {self.num_refinements!r}")
         if self.global_steps is not None and (not _is_int(self.global_steps) or self.global_steps < 0):
             raise ValueError(f"global_steps must be None or an int >= 0, got {self.global_steps!r}")
+        blocks = self.self_attention_blocks
+        if blocks is not None:
+            if (not isinstance(blocks, (tuple, list)) or len(blocks) != 2
+                    or not all(_is_int(b) and b >= 0 for b in blocks) or blocks[0] > blocks[1]):
+                raise ValueError("self_attention_blocks must be None or (first, last) block "
+                                 f"indices with 0 <= first <= last, got {blocks!r}")
+            self.self_attention_blocks = (blocks[0], blocks[1])
         for name in ("refine_batch_size", "generate_batch_size"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
@@ -169,7 +180,7 @@ class LoTTSConfig:
                 or not all(isinstance(p, str) and p.count("{}") == 1 for p in prompts)):
             raise ValueError("quality_prompts must be two templates, each with one '{}', got "
                              f"{prompts!r}")
-        self.quality_prompts = tuple(prompts)
+        self.quality_prompts = (prompts[0], prompts[1])
         if self.token_selection not in TOKEN_SELECTIONS:
             raise ValueError(f"token_selection must be one of {TOKEN_SELECTIONS}, got "
                              f"{self.token_selection!r}")
@@ -181,7 +192,7 @@ class LoTTSConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     # ----- resolution -------------------------------------------------------------------------
-    def with_overrides(self, **changes: object) -> LoTTSConfig:
+    def with_overrides(self, **changes: Any) -> LoTTSConfig:
         """A validated copy with some fields changed."""
         return replace(self, **changes)
 
@@ -197,7 +208,7 @@ class LoTTSConfig:
         if not _is_int(num_steps) or num_steps < 1:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_steps!r}")
         # A fraction in [0, 1) always names a step of the schedule, however short it is.
-        t0 = self.t0 if _is_int(self.t0) else \
+        t0 = self.t0 if isinstance(self.t0, int) else \
             min(num_steps - 1, int(round(self.t0_fraction(backbone) * num_steps)))
         if t0 >= num_steps:
             raise ValueError(f"t0 = {t0} lies beyond the schedule: it must be < "
@@ -219,12 +230,12 @@ class LoTTSConfig:
         """Denoiser evaluations of one LoTTS prompt, counted as in the README's *Method* section
         (guidance_factor: rows per guided step; None: the backbone's, 2 for SD/SDXL)."""
         backbone = _backbone_name(backbone)
-        steps = self.resolved(backbone, num_inference_steps)
+        plan = self.resolved(backbone, num_inference_steps)
         g = GUIDANCE_FACTOR[backbone] if guidance_factor is None else guidance_factor
         n, k = self.num_seeds, self.num_refinements
         localizations = 0 if k == 0 else (n if self.search == "siblings" else n * k)
-        return (n * steps.num_steps * g + localizations * localization_nfe(self.mask_source)
-                + n * k * (steps.num_steps - steps.t0) * g)
+        return (n * plan.num_steps * g + localizations * localization_nfe(self.mask_source)
+                + n * k * (plan.num_steps - plan.t0) * g)
 
     def matched_best_of_n(self, num_inference_steps: int, backbone: str = "sd") -> int:
         """The Best-of-N sample count whose NFE is closest to this LoTTS run's (at least 1)."""

@@ -20,9 +20,9 @@ mask (round(r * h * w) positions, ties to the lower index), as a :class:`Localiz
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -191,38 +191,39 @@ class MaskInputs:
 
 
 def source_heatmap(source: str, config: Any, verifier: Any, inputs: MaskInputs,
-                   step: int) -> tuple[torch.Tensor, int]:
-    """(B, h, w) heatmap of `source` and the verifier calls it spent (denoiser rows are counted
-    by the run's cost meter as they happen)."""
+                   step: int) -> tuple[torch.Tensor, int, int]:
+    """(B, h, w) heatmap of `source`, the verifier calls it spent and the peak bytes of the
+    attention capture (denoiser rows are counted by the run's cost meter as they happen)."""
     if source not in MASK_SOURCES:
         raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {source!r}")
     run = inputs.run
     grid = run.backbone.mask_grid(run.settings)
     batch = inputs.x0.shape[0]
     if source == "full":
-        return torch.ones(batch, *grid), 0
+        return torch.ones(batch, *grid), 0, 0
     if source == "random":
-        return random_heat(grid, inputs.localize_seeds), 0
-    heat, calls = None, 0
+        return random_heat(grid, inputs.localize_seeds), 0, 0
+    heat, calls, capture_bytes = None, 0, 0
     if source in ATTENTION_SOURCES:
         cond, tokens = inputs.loc_inputs()
-        heat = localize(run, inputs.x0, inputs.localize_seeds, step, config.lam, config.mask_ratio,
-                        cond, tokens).heatmap.float().cpu()
+        found = localize(run, inputs.x0, inputs.localize_seeds, step, config.lam,
+                         config.mask_ratio, cond, tokens, config.self_attention_blocks)
+        heat, capture_bytes = found.heatmap.float().cpu(), found.capture_bytes
     if source in VERIFIER_SOURCES:
         evidence, calls = verifier_saliency(verifier, inputs.images, [run.prompt] * batch, grid,
                                             config.saliency, config.occlusion_patch)
         heat = evidence if heat is None else combine(heat, evidence, config.mask_combine)
     assert heat is not None
-    return heat, calls
+    return heat, calls, capture_bytes
 
 
 def localize_with_source(config: Any, verifier: Any, inputs: MaskInputs, step: int
                          ) -> tuple[Localization, int]:
     """The Localization of ``config.mask_source`` at ``config.mask_ratio``, and its verifier calls."""
-    heat, calls = source_heatmap(config.mask_source, config, verifier, inputs, step)
-    if config.mask_source == "full":
-        return Localization(heat, torch.ones_like(heat, dtype=torch.bool)), calls
-    return Localization(heat, top_r_mask(heat, config.mask_ratio)), calls
+    heat, calls, capture_bytes = source_heatmap(config.mask_source, config, verifier, inputs, step)
+    mask = (torch.ones_like(heat, dtype=torch.bool) if config.mask_source == "full"
+            else top_r_mask(heat, config.mask_ratio))
+    return Localization(heat, mask, capture_bytes), calls
 
 
 def saliency_calls(mask_source: str, saliency: str, differentiable: bool,

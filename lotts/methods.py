@@ -7,8 +7,9 @@ the paper's Resampling row) and "particles" (:func:`lotts.particle_sampling`). W
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from lotts.budget import plan
 
@@ -67,6 +68,7 @@ def make_method_sampler(method: str, pipe: Any, verifier: Any, sizes: Sizes,
                                      on_phase=on_phase, **sizes.particle_options, **pipe_kwargs)
         n = 1 if method == "resampling" else sizes.best_of_n
         result = best_of_n(pipe, prompt, n, verifier, seed=seed, on_phase=on_phase, **pipe_kwargs)
+        assert not isinstance(result, list)  # one prompt, one result
         if method == "resampling":
             result.method = "resampling"
         return result

@@ -20,7 +20,8 @@ resampling point + particles at the end. It needs no attention capture and no re
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any, Optional, Union
 
 import torch
 

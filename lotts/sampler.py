@@ -18,15 +18,16 @@ removed/restored in ``finally`` blocks.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from PIL import Image
 
 from lotts.backbones import Backbone, Run, Settings, detect_backbone
+from lotts.backbones.callbacks import guidance_after_callback
 from lotts.config import LoTTSConfig, ResolvedConfig, stream_seed
 from lotts.cost import CostMeter
 from lotts.localization import Localization, localization_inputs
@@ -75,7 +76,7 @@ def score_images(verifier: Verifier, images: Sequence[Image.Image], prompt: str)
 def _prompts(prompt: Prompt) -> tuple[list[str], bool]:
     """(prompts, single) with every prompt a non-empty string."""
     single = isinstance(prompt, str)
-    prompts = [prompt] if single else list(prompt) if prompt is not None else []
+    prompts: list[Any] = [prompt] if single else list(prompt) if prompt is not None else []
     if not prompts:
         raise ValueError("prompt must be a non-empty string or a non-empty list of strings")
     for p in prompts:
@@ -220,6 +221,8 @@ class LoTTS:
                 parents = [pool.best_of_root(root) for root in pool.originals()]
                 with meter.phase("localize"):
                     found = self._localize(run, plan, pool, parents, meter, localization_batch)
+                meter.cost.capture_peak_bytes = max(meter.cost.capture_peak_bytes,
+                                                    found.capture_bytes)
                 self._refine(run, plan, pool, parents, found, per_parent, seed, meter,
                              record=level < levels - 1)
 
@@ -266,6 +269,8 @@ class LoTTS:
 
         def on_step_end(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             out = (user_callback(pipe, i, t, tensors) if user_callback is not None else None) or {}
+            if user_callback is not None and cache_from is not None and i + 1 == cache_from:
+                run.step_settings = guidance_after_callback(run, run.settings)  # entering t0
             if cached is not None and cache_from is not None and i + 1 >= cache_from:
                 cached.append(out.get("latents", tensors["latents"]))
             return out
@@ -360,6 +365,11 @@ class LoTTS:
         """The call's settings, with the LoTTS config checked against its schedule up front."""
         settings = self.backbone.settings(pipe_kwargs)
         self.config.resolved(self.backbone.name, settings.num_inference_steps)
+        if self.config.num_refinements > 0:
+            self.backbone.check_callback_inputs(settings)
+        if self.config.self_attention_blocks is not None and self.backbone.capture_mode != "flux":
+            raise ValueError("self_attention_blocks selects FLUX double-stream blocks; "
+                             f"{type(self.pipe).__name__} uses its finest self-attention layers")
         return settings
 
     def _size_from(self, image: Union[Image.Image, torch.Tensor],

@@ -7,11 +7,11 @@ names what was being done; :func:`lotts.cli.main` prints every user error the sa
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 from lotts.errors import UsageError
 from lotts.runs.manifest import RunSpec, score_key

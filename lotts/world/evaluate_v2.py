@@ -153,7 +153,7 @@ class Repairer:
         noise_seed = stream_seed(seed, "repair-noise")  # one noise for every refinement: paired
         jobs, labels = [], []
         for source in sources:
-            heat, _ = source_heatmap(source, self.config, self.select, inputs,
+            heat, _, _ = source_heatmap(source, self.config, self.select, inputs,
                                      steps.localization_step)
             for ratio in ([1.0] if source == "full" else ratios):
                 mask = torch.ones_like(heat, dtype=torch.bool) if source == "full" else \
