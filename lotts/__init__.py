@@ -2,7 +2,9 @@
 from lotts._version import __version__
 from lotts.best_of_n import best_of_n
 from lotts.config import LoTTSConfig
+from lotts.particle_sampling import particle_sampling
 from lotts.result import Candidate, Cost, LoTTSResult
 from lotts.sampler import LoTTS
 
-__all__ = ["Candidate", "Cost", "LoTTS", "LoTTSConfig", "LoTTSResult", "__version__", "best_of_n"]
+__all__ = ["Candidate", "Cost", "LoTTS", "LoTTSConfig", "LoTTSResult", "__version__", "best_of_n",
+           "particle_sampling"]

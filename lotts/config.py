@@ -22,6 +22,18 @@ GUIDANCE_FACTOR = {"sd": 2, "sdxl": 2, "flux": 1}
 TOKEN_SELECTIONS = ("content", "quality", "all")
 SEARCHES = ("siblings", "chain")
 LOCALIZATION_PROMPTS = 3  # original, positive, negative in one batched forward
+# Mask sources (lotts.mask_sources) and which of them run the attention localization forward
+# or ask the verifier for saliency.
+MASK_SOURCES = ("attention", "verifier", "attention+verifier", "random", "full")
+ATTENTION_SOURCES = ("attention", "attention+verifier")
+VERIFIER_SOURCES = ("verifier", "attention+verifier")
+SALIENCY_METHODS = ("auto", "gradient", "occlusion")
+MASK_COMBINES = ("sum", "product")
+
+
+def localization_nfe(mask_source: str) -> int:
+    """Denoiser rows one image's localization costs under `mask_source` (attention: 3 prompts)."""
+    return LOCALIZATION_PROMPTS if mask_source in ATTENTION_SOURCES else 0
 
 
 def stream_seed(*parts: object) -> int:
@@ -104,6 +116,16 @@ class LoTTSConfig:
         None, "FLUX only: (first, last) double-stream block indices whose self-attention feeds "
         "eq. (2), e.g. (15, 18) as ConceptAttention; None: every double-stream block. Each "
         "block kept holds q and k, about 53 MB per image at 1024 px in bf16.")
+    mask_source: str = _setting(
+        "attention", 'where to re-noise (lotts.mask_sources): "attention" (eqs. 1-4, the paper), '
+        '"verifier" (the selection verifier\'s saliency), "attention+verifier", "random" or '
+        '"full" (the whole image).')
+    saliency: str = _setting(
+        "auto", '"auto" (input gradient where the verifier is differentiable, else occlusion), '
+        '"gradient" or "occlusion".')
+    mask_combine: str = _setting(
+        "sum", '"sum" (mean) or "product" of the min-max normalized maps of "attention+verifier".')
+    occlusion_patch: int = _setting(2, "occlusion window side in mask-grid cells.")
 
     def __post_init__(self) -> None:
         self._check_counts()
@@ -129,6 +151,8 @@ class LoTTSConfig:
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
                 raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+        if not _is_int(self.occlusion_patch) or self.occlusion_patch < 1:
+            raise ValueError(f"occlusion_patch must be an int >= 1, got {self.occlusion_patch!r}")
 
     def _check_fractions(self) -> None:
         if not _is_number(self.mask_ratio) or not 0.0 < self.mask_ratio <= 1.0:
@@ -162,6 +186,10 @@ class LoTTSConfig:
                              f"{self.token_selection!r}")
         if self.search not in SEARCHES:
             raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
+        for name, allowed in (("mask_source", MASK_SOURCES), ("saliency", SALIENCY_METHODS),
+                              ("mask_combine", MASK_COMBINES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     # ----- resolution -------------------------------------------------------------------------
     def with_overrides(self, **changes: Any) -> LoTTSConfig:
@@ -197,14 +225,16 @@ class LoTTSConfig:
         return ResolvedConfig(num_steps, t0, global_steps, level)
 
     # ----- cost -------------------------------------------------------------------------------
-    def lotts_nfe(self, num_inference_steps: int, backbone: str = "sd") -> int:
-        """Denoiser evaluations of one LoTTS prompt, counted as in the README's *Method* section."""
+    def lotts_nfe(self, num_inference_steps: int, backbone: str = "sd",
+                  guidance_factor: Optional[int] = None) -> int:
+        """Denoiser evaluations of one LoTTS prompt, counted as in the README's *Method* section
+        (guidance_factor: rows per guided step; None: the backbone's, 2 for SD/SDXL)."""
         backbone = _backbone_name(backbone)
         plan = self.resolved(backbone, num_inference_steps)
-        g = GUIDANCE_FACTOR[backbone]
+        g = GUIDANCE_FACTOR[backbone] if guidance_factor is None else guidance_factor
         n, k = self.num_seeds, self.num_refinements
         localizations = 0 if k == 0 else (n if self.search == "siblings" else n * k)
-        return (n * plan.num_steps * g + localizations * LOCALIZATION_PROMPTS
+        return (n * plan.num_steps * g + localizations * localization_nfe(self.mask_source)
                 + n * k * (plan.num_steps - plan.t0) * g)
 
     def matched_best_of_n(self, num_inference_steps: int, backbone: str = "sd") -> int:

@@ -297,6 +297,56 @@ def _summary_table(runs: Sequence[RunDirectory], verifiers: Sequence[str]) -> st
             + f"</tr></thead><tbody>{body}</tbody></table>")
 
 
+def ranking_key(runs: Sequence[RunDirectory], verifiers: Sequence[str]) -> Optional[str]:
+    """The verifier runs are ranked by: the first held-out one, else the selection verifier."""
+    held = [v for v in verifiers if _role(v, runs) == "held-out"]
+    ordered = held or list(verifiers)
+    return ordered[0] if ordered else None
+
+
+def rank_runs(runs: Sequence[RunDirectory], verifiers: Sequence[str]
+              ) -> list[tuple[RunDirectory, dict[str, Any]]]:
+    """Runs with their summaries, best mean score of :func:`ranking_key` first (ties: fewer
+    NFE per prompt first)."""
+    key = ranking_key(runs, verifiers)
+    ranked = [(run, summarize(run, verifiers)) for run in runs]
+
+    def order(item: tuple[RunDirectory, dict[str, Any]]) -> tuple[float, float]:
+        score = item[1]["scores"].get(key) if key else None
+        return (-(score if score is not None else -math.inf), item[1]["nfe"] or 0.0)
+    return sorted(ranked, key=order)
+
+
+def _ranking_rows(runs: Sequence[RunDirectory], verifiers: Sequence[str]) -> tuple[str, list[list[str]]]:
+    key = ranking_key(runs, verifiers)
+    rows = [[str(rank), run.name, _fmt(summary["scores"].get(key) if key else None),
+             _fmt(summary["nfe"], 1), _fmt(summary["verifier_calls"], 1), _fmt(summary["seconds"], 2)]
+            for rank, (run, summary) in enumerate(rank_runs(runs, verifiers), 1)]
+    return str(key), rows
+
+
+def _ranking_table(runs: Sequence[RunDirectory], verifiers: Sequence[str]) -> str:
+    key, rows = _ranking_rows(runs, verifiers)
+    head = ["rank", "method", f"mean {html.escape(key)} ({_role(key, runs)})", "NFE / prompt",
+            "verifier calls / prompt", "seconds / prompt"]
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return ("<h2>Ranking</h2><table id='ranking'><thead><tr>"
+            + "".join(f"<th>{h}</th>" for h in head) + f"</tr></thead><tbody>{body}</tbody></table>")
+
+
+def ranking_markdown(run_dirs: Sequence[Union[str, os.PathLike]]) -> str:
+    """The runs ranked by mean held-out score of the selected image (markdown)."""
+    runs = [load_run(d) for d in run_dirs]
+    verifiers = verifier_names(runs)
+    key, rows = _ranking_rows(runs, verifiers)
+    lines = [f"# Ranking by mean {key} ({_role(key, runs)})", "",
+             "| rank | method | score | NFE / prompt | verifier calls / prompt | s / prompt |",
+             "|---:|---|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def _prompt_sections(runs: Sequence[RunDirectory], verifiers: Sequence[str], report_dir: Path) -> str:
     by_run = [{r["id"]: r for r in run.records} for run in runs]
     ids: list[Any] = []
@@ -345,7 +395,8 @@ def render_report(runs: Sequence[RunDirectory], report_dir: Union[str, os.PathLi
         f"<h1>{html.escape(title)}</h1><div class='sub'>{specs}</div>{notes_html}"
         "<h2>Summary</h2><p class='sub'>Scores are those of the selected image, averaged over "
         "prompts; held-out verifiers did not take part in the selection.</p>"
-        f"{_summary_table(runs, verifiers)}<h2>Prompts</h2>"
+        f"{_summary_table(runs, verifiers)}"
+        f"{_ranking_table(runs, verifiers) if len(runs) > 2 else ''}<h2>Prompts</h2>"
         f"{_prompt_sections(runs, verifiers, report_dir)}</body></html>\n"
     )
 

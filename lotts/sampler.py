@@ -30,7 +30,8 @@ from lotts.backbones import Backbone, Run, Settings, detect_backbone
 from lotts.backbones.callbacks import guidance_after_callback
 from lotts.config import LoTTSConfig, ResolvedConfig, stream_seed
 from lotts.cost import CostMeter
-from lotts.localization import Localization, localization_inputs, localize
+from lotts.localization import Localization, localization_inputs
+from lotts.mask_sources import MaskInputs, localize_with_source
 from lotts.resampling import (
     CachedTrajectory,
     NoisedTrajectory,
@@ -210,14 +211,16 @@ class LoTTS:
             # per original, chain is k levels of one child of each seed's best so far.
             k = config.num_refinements
             levels, per_parent = (0, 0) if k == 0 else (1, k) if config.search == "siblings" else (k, 1)
-            localization_batch = None
+            encoded: list[Any] = []  # the three localization prompts, encoded once if needed
+
+            def localization_batch() -> Any:
+                if not encoded:
+                    encoded.append(localization_inputs(self.backbone, settings, prompt, config))
+                return encoded[0]
             for level in range(levels):
                 parents = [pool.best_of_root(root) for root in pool.originals()]
                 with meter.phase("localize"):
-                    if localization_batch is None:
-                        localization_batch = localization_inputs(self.backbone, settings, prompt,
-                                                                 config)
-                    found = self._localize(run, plan, pool, parents, localization_batch)
+                    found = self._localize(run, plan, pool, parents, meter, localization_batch)
                 meter.cost.capture_peak_bytes = max(meter.cost.capture_peak_bytes,
                                                     found.capture_bytes)
                 self._refine(run, plan, pool, parents, found, per_parent, seed, meter,
@@ -302,12 +305,17 @@ class LoTTS:
 
     # ----- 2. localize ------------------------------------------------------------------------
     def _localize(self, run: Run, plan: ResolvedConfig, pool: Pool, parents: list[int],
-                  batch: tuple[Any, tuple[torch.Tensor, torch.Tensor]]) -> Localization:
-        cond, tokens = batch
-        x0 = torch.cat([pool.candidates[p].latents for p in parents])
-        seeds = [stream_seed(pool.candidates[p].seed, "localize", p) for p in parents]
-        return localize(run, x0, seeds, plan.localization_step, self.config.lam,
-                        self.config.mask_ratio, cond, tokens, self.config.self_attention_blocks)
+                  meter: CostMeter, localization_batch: Callable[[], Any]) -> Localization:
+        """Each parent's mask from ``config.mask_source`` (:mod:`lotts.mask_sources`); the
+        saliency's verifier calls count as the method's cost, its denoiser rows are metered."""
+        inputs = MaskInputs(run, torch.cat([pool.candidates[p].latents for p in parents]),
+                            [pool.candidates[p].image for p in parents],
+                            [stream_seed(pool.candidates[p].seed, "localize", p) for p in parents],
+                            localization_batch)
+        found, calls = localize_with_source(self.config, self.verifier, inputs,
+                                            plan.localization_step)
+        meter.count_verifier(calls)
+        return found
 
     # ----- 3. refine --------------------------------------------------------------------------
     def _refine(self, run: Run, plan: ResolvedConfig, pool: Pool, parents: list[int],

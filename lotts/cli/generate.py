@@ -22,11 +22,13 @@ from lotts.cli.options import (
     positive_int,
 )
 from lotts.errors import UsageError
+from lotts.methods import ALL_METHODS
 from lotts.runs.manifest import score_key
 from lotts.runs.prompts import PromptItem, read_prompts
 
-HELP = "run LoTTS / Best-of-N over prompts (resumable, shards under torchrun/accelerate)"
-METHOD_CHOICES = (*METHODS, "both")
+HELP = ("run LoTTS, Best-of-N, Resampling or Particle Sampling over prompts (resumable, shards "
+        "under torchrun/accelerate)")
+METHOD_CHOICES = (*ALL_METHODS, "both", "all")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEFAULT_VERIFIER = "image-reward"
 
@@ -40,7 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "field and an optional id")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--method", choices=METHOD_CHOICES, default="lotts",
-                        help="'both' runs LoTTS and Best-of-N into OUT/lotts and OUT/best-of-n")
+                        help="'both' runs LoTTS and Best-of-N into OUT/lotts and OUT/best-of-n; "
+                             "'all' also Resampling (one sample) and Particle Sampling, each "
+                             "into OUT/<method>, ranked in OUT/ranking.md")
+    parser.add_argument("--budget-nfe", type=positive_int, default=None, metavar="N",
+                        help="size every method to at most N denoiser evaluations per prompt "
+                             "(Best-of-N / particle counts, LoTTS seeds at the given k)")
+    parser.add_argument("--particles", type=positive_int, default=None, metavar="N",
+                        help="Particle Sampling's particle count (default: Best-of-N's N)")
     parser.add_argument("--best-of-n", type=best_of_n_arg, default=None, metavar="N|matched",
                         help="Best-of-N sample count (default: LoTTS's candidate count; "
                              "'matched': the N with LoTTS's NFE)")
@@ -103,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     items = prompt_items(args)  # before any loading: a bad file fails fast
     config = config_from_args(args)
-    methods = METHODS if args.method == "both" else (args.method,)
+    methods = {"both": METHODS, "all": ALL_METHODS}.get(args.method, (args.method,))
     on_cpu = (args.device or "").startswith("cpu") or not torch.cuda.is_available()
     if (args.device or "").startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device} but no CUDA device is available")
@@ -117,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
               config=config, best_of_n=args.best_of_n, verifier=score_key(args.verifier),
               verifiers=verifiers, pipe_kwargs=pipe_kwargs_from_args(args), seed=args.seed,
               dtype=str(dtype).replace("torch.", ""), save_candidates=args.save_candidates,
-              quiet=args.quiet, state=state)
+              quiet=args.quiet, state=state, budget_nfe=args.budget_nfe, particles=args.particles)
     run_job(job)
     return 0
 

@@ -6,19 +6,18 @@ names what was being done; :func:`lotts.cli.main` prints every user error the sa
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from lotts.errors import UsageError
 from lotts.runs.manifest import RunSpec, score_key
 from lotts.runs.prompts import PromptItem
 
-METHODS = ("lotts", "best-of-n")
+METHODS = ("lotts", "best-of-n")  # "both"; "all" is lotts.methods.ALL_METHODS
 # What a library raises for inputs a user can fix (weights missing, bad values, unsupported).
 USER_FIXABLE = (OSError, ValueError, TypeError, NotImplementedError)
 
@@ -106,6 +105,9 @@ class Job:
     notes: list[str] = field(default_factory=list)
     title: str = "LoTTS report"
     state: Any = None  # accelerate PartialState
+    budget_nfe: Optional[int] = None  # size every method to this NFE per prompt
+    particles: Optional[int] = None  # particle count (default: Best-of-N's N)
+    sizes: Any = None  # lotts.methods.Sizes, set by check_settings
 
     @property
     def report_with(self) -> tuple[str, ...]:
@@ -115,8 +117,9 @@ class Job:
         return self.out if len(self.methods) == 1 else self.out / method
 
     def spec(self, method: str) -> RunSpec:
-        config = (dataclasses.asdict(self.config) if method == "lotts"
-                  else {"n": self.resolved_n()})
+        config = self.method_sizes().spec_config(method)
+        if self.budget_nfe is not None:
+            config = {**config, "budget_nfe": self.budget_nfe}
         return RunSpec(method=method, model=self.model, config=config,
                        pipe_kwargs=self.pipe_kwargs, verifier=self.verifier,
                        report_with=self.report_with, seed=self.seed, dtype=self.dtype)
@@ -127,24 +130,22 @@ class Job:
             return int(self.best_of_n)
         return self.config.num_seeds * (1 + self.config.num_refinements)
 
+    def method_sizes(self) -> Any:
+        """Each method's size (:class:`lotts.methods.Sizes`): the budget's, else as given."""
+        from lotts.methods import Sizes
+        if self.sizes is None:
+            n = self.resolved_n()
+            self.sizes = Sizes(self.config, n, self.particles or n)
+        return self.sizes
+
 
 def make_sampler(job: Job, method: str) -> Callable[[str, int, Callable[[str], None]], Any]:
     """``(prompt, seed, on_phase) -> result`` for one method, the selection verifier only;
     ``on_phase`` puts the sampler's current phase on the progress bar."""
-    from lotts import LoTTS, best_of_n
+    from lotts.methods import make_method_sampler
 
-    verifier = job.verifiers[job.verifier]
-    if method == "lotts":
-        def sample(prompt: str, seed: int, on_phase: Callable[[str], None]) -> Any:
-            runner = LoTTS(job.pipe, verifier=verifier, config=job.config, on_phase=on_phase)
-            return runner(prompt, seed=seed, **job.pipe_kwargs)
-        return sample
-    n = job.resolved_n()
-
-    def sample_best_of_n(prompt: str, seed: int, on_phase: Callable[[str], None]) -> Any:
-        return best_of_n(job.pipe, prompt, n, verifier, seed=seed, on_phase=on_phase,
-                         **job.pipe_kwargs)
-    return sample_best_of_n
+    return make_method_sampler(method, job.pipe, job.verifiers[job.verifier], job.method_sizes(),
+                               job.pipe_kwargs)
 
 def check_settings(job: Job) -> None:
     """Fail before the first prompt on what would fail at every prompt: an unsupported
@@ -161,6 +162,12 @@ def check_settings(job: Job) -> None:
             job.config.resolved(runner.backbone.name, steps)
         if job.best_of_n == "matched":
             job.best_of_n = job.config.matched_best_of_n(steps, runner.backbone.name)
+        if job.budget_nfe is not None:
+            from lotts.methods import budget_sizes
+            settings = runner.backbone.settings(dict(job.pipe_kwargs))
+            job.sizes = budget_sizes(job.budget_nfe, job.config, steps, runner.backbone.name,
+                                     runner.backbone.uses_cfg(settings))
+            job.config = job.sizes.config
 
 
 def run_job(job: Job) -> list[Path]:
@@ -184,6 +191,8 @@ def run_job(job: Job) -> list[Path]:
         report.write_report(run_dirs, job.out / "report.html", title=job.title, notes=job.notes)
         if len(run_dirs) == 2:
             (job.out / "compare.md").write_text(report.compare_runs(*run_dirs), encoding="utf-8")
+        if len(run_dirs) > 2:
+            (job.out / "ranking.md").write_text(report.ranking_markdown(run_dirs), encoding="utf-8")
         if not job.quiet:
             print(f"wrote {job.out / 'report.html'}", file=sys.stderr)
     return run_dirs

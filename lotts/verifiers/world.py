@@ -37,6 +37,16 @@ class WorldCleanVerifier(BatchedVerifier):
         x = images_to_tensor(images).to(self.device, self.dtype)
         return self.model(x)
 
+    def score_pixels(self, pixels: torch.Tensor, prompts) -> torch.Tensor:
+        """Differentiable scores of a float (B, 3, H, W) batch in [0, 1] (the hook of verifier
+        saliency, :mod:`lotts.mask_sources`); at 64x64 the same as scoring the images."""
+        from lotts.world.verifier_models import SIZE
+        x = pixels.to(self.device, self.dtype)
+        if x.shape[-2:] != (SIZE, SIZE):
+            x = torch.nn.functional.interpolate(x, size=(SIZE, SIZE), mode="bilinear",
+                                                align_corners=False)
+        return self.model(x)
+
 
 def resolve_folder(which: str, path: Optional[PathLike] = None) -> Path:
     """The folder with `which`'s (a/b) weights: `path`, its environment variable, the package."""
