@@ -39,8 +39,8 @@ def lotts(*argv: object, cwd: Path | None = None, timeout: float = 300
                TRANSFORMERS_OFFLINE="1")
     script = shutil.which("lotts")
     command = [script] if script else [sys.executable, "-m", "lotts"]
-    return subprocess.run([*command, *map(str, argv)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([*command, *map(str, argv)], check=False, cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def one_line_error(proc: subprocess.CompletedProcess, command: str) -> str:
