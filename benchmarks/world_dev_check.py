@@ -5,7 +5,7 @@
     python benchmarks/world_dev_check.py --pipeline /tmp/exported_checkpoint
 
 For looking at a model during training, or at a config option, without touching the fixed
-evaluation (benchmarks/world_eval_spec.json): cases are drawn from scene seeds 910000+,
+evaluation (lotts/world/assets/world_eval_spec.json): cases are drawn from scene seeds 910000+,
 generation seeds 91000+ and defect seeds 95000+, which the spec does not contain. Numbers from
 here are diagnostics, never evaluation results. Every LoTTSConfig field is an option, as in
 ``lotts generate``.
@@ -37,7 +37,8 @@ def dev_cases(count: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lotts.cli import UsageError, add_config_options, config_from_args, positive_int
+    from lotts.cli.options import add_config_options, config_from_args, positive_int
+    from lotts.errors import UsageError
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pipeline", type=Path, default=None,

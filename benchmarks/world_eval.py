@@ -3,7 +3,7 @@
     python benchmarks/world_eval.py            # full evaluation (~15-30 min on 2 CPU cores)
     python benchmarks/world_eval.py --smoke    # a few prompts: loads, runs, numbers in range
 
-Inputs are fixed in benchmarks/world_eval_spec.json (written before any result was seen; never
+Inputs are fixed in lotts/world/assets/world_eval_spec.json (written before any result was seen; never
 tuned). Measures, with the committed world (lotts/world/assets) and the public sampler:
 1. localization of planted defects: heatmap AUROC and mask IoU of the full method and the
    method doc's ablations (random mask, no propagation, CA_diff only, CA_orig only);
@@ -35,12 +35,18 @@ def run(smoke: bool = False, spec_path: Path | None = None, threads: int | None 
     import torch
 
     from lotts.verifiers import load_verifier
-    from lotts.world.evaluate import load_pipeline, load_spec, localization_eval, scaling_eval
+    from lotts.world.evaluate import (
+        load_pipeline,
+        load_spec,
+        localization_eval,
+        packaged_path,
+        scaling_eval,
+    )
 
     if threads:
         torch.set_num_threads(threads)
     spec = load_spec(spec_path)
-    pipe = load_pipeline(HERE.parent / spec["pipeline"])
+    pipe = load_pipeline(packaged_path(spec["pipeline"]))
     select = load_verifier(spec["select_with"], device="cpu")
     held = load_verifier(spec["report_with"], device="cpu")
     pipe_kwargs = spec["smoke"]["pipe_kwargs"] if smoke else spec["pipe_kwargs"]
@@ -121,7 +127,7 @@ def write_results_md(text: str) -> None:
     body = path.read_text() if path.exists() else "# Benchmark results\n"
     block = (f"{BEGIN}\n## Miniature world (`benchmarks/world_eval.py`)\n\n"
              "Command: `python benchmarks/world_eval.py`; fixed inputs in "
-             "`benchmarks/world_eval_spec.json`.\n\n" + text + f"\n{END}")
+             "`lotts/world/assets/world_eval_spec.json`.\n\n" + text + f"\n{END}")
     if BEGIN in body and END in body:
         body = body[: body.index(BEGIN)] + block + body[body.index(END) + len(END):]
     else:

@@ -34,11 +34,11 @@ PAPER_N = 9  # candidates per prompt in the paper's main table; also Best-of-N's
 
 
 @dataclass(frozen=True)
-class Backbone:
+class BenchSetting:
     """One benchmark setting: the paper's schedule, t0 and matched Best-of-N."""
 
     name: str
-    kind: str            # lotts.testing kind
+    kind: str            # lotts.tiny_pipelines kind
     steps: int
     t0: int
     matched_n: int
@@ -48,9 +48,9 @@ class Backbone:
 
 
 BACKBONES = {
-    "sd21": Backbone("sd21", "sd", 50, 25, 25, 512, 7.5),
-    "sdxl": Backbone("sdxl", "sdxl", 50, 15, 30, 1024, 5.0),
-    "flux": Backbone("flux", "flux", 28, 1, 36, 1024, 3.5, (("max_sequence_length", 512),)),
+    "sd21": BenchSetting("sd21", "sd", 50, 25, 25, 512, 7.5),
+    "sdxl": BenchSetting("sdxl", "sdxl", 50, 15, 30, 1024, 5.0),
+    "flux": BenchSetting("flux", "flux", 28, 1, 36, 1024, 3.5, (("max_sequence_length", 512),)),
 }
 TINY_SIZE = 64
 
@@ -85,15 +85,15 @@ def _construct_on(device: str, dtype: Any) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def build_pipeline(backbone: Backbone, scale: str, device: str, dtype: Any) -> Any:
+def build_pipeline(backbone: BenchSetting, scale: str, device: str, dtype: Any) -> Any:
     """The backbone's pipeline: tiny test components, or the published architectures with
-    random weights. Tokenizers and scheduler come from ``lotts.testing`` (the real CLIP
+    random weights. Tokenizers and scheduler come from ``lotts.tiny_pipelines`` (the real CLIP
     vocabulary; the T5 tokenizer is a small stand-in, which only shortens nothing: FLUX pads
     to ``max_sequence_length`` anyway)."""
     import torch
 
     from lotts import model_configs
-    from lotts.testing import build_tiny_pipeline, pipeline_class
+    from lotts.tiny_pipelines import build_tiny_pipeline, pipeline_class
 
     tiny = build_tiny_pipeline(backbone.kind, seed=0)
     if scale == "tiny":  # built in float32; cast only when asked for another dtype
@@ -146,7 +146,7 @@ class ClipTowerVerifier:
 # --------------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------------
-def call_kwargs(backbone: Backbone, scale: str, steps: int, size: Optional[int] = None) -> dict[str, Any]:
+def call_kwargs(backbone: BenchSetting, scale: str, steps: int, size: Optional[int] = None) -> dict[str, Any]:
     size = size or (backbone.size if scale == "real" else TINY_SIZE)
     kwargs = {"height": size, "width": size, "num_inference_steps": steps,
               "guidance_scale": backbone.guidance_scale, **dict(backbone.extra_call)}
@@ -155,7 +155,7 @@ def call_kwargs(backbone: Backbone, scale: str, steps: int, size: Optional[int] 
     return kwargs
 
 
-def lotts_config(backbone: Backbone, steps: int) -> Any:
+def lotts_config(backbone: BenchSetting, steps: int) -> Any:
     """The paper's defaults; t0 keeps its share of the schedule when steps are overridden."""
     from lotts import LoTTSConfig
 
@@ -163,7 +163,7 @@ def lotts_config(backbone: Backbone, steps: int) -> Any:
     return LoTTSConfig(num_seeds=3, num_refinements=2, mask_ratio=0.5, t0=t0, refine_batch_size=6)
 
 
-def measure(label: str, backbone: Backbone, n: int, run: Any) -> Measurement:
+def measure(label: str, backbone: BenchSetting, n: int, run: Any) -> Measurement:
     """Time one prompt's run, synchronized at both ends."""
     from lotts_kernels.demo import synced_timer
 
@@ -175,7 +175,7 @@ def measure(label: str, backbone: Backbone, n: int, run: Any) -> Measurement:
                        {k: float(v) for k, v in dict(cost.seconds).items()})
 
 
-def bench_backbone(backbone: Backbone, scale: str, device: str, dtype: Any,
+def bench_backbone(backbone: BenchSetting, scale: str, device: str, dtype: Any,
                    steps: Optional[int] = None, deadline: Optional[float] = None,
                    log: Any = print, size: Optional[int] = None) -> list[Measurement]:
     """LoTTS, Best-of-N at 9 and at the matched N, on one backbone (its models freed after)."""
@@ -187,7 +187,7 @@ def bench_backbone(backbone: Backbone, scale: str, device: str, dtype: Any,
     return rows
 
 
-def measure_methods(backbone: Backbone, pipe: Any, verifier: Any, kwargs: dict[str, Any],
+def measure_methods(backbone: BenchSetting, pipe: Any, verifier: Any, kwargs: dict[str, Any],
                     steps: int, deadline: Optional[float], log: Any) -> list[Measurement]:
     """Warm up both methods (kernel compilation, allocator) at 2 steps, then time LoTTS,
     Best-of-9 and the matched Best-of-N. Past ``deadline`` (a ``time.perf_counter()`` value)
@@ -220,7 +220,7 @@ def measure_methods(backbone: Backbone, pipe: Any, verifier: Any, kwargs: dict[s
     return rows
 
 
-def matched_best_of_n(backbone: Backbone, nine: Measurement, deadline: Optional[float],
+def matched_best_of_n(backbone: BenchSetting, nine: Measurement, deadline: Optional[float],
                       run: Any) -> Measurement:
     n = backbone.matched_n
     projected = nine.seconds * n / nine.n
@@ -272,11 +272,11 @@ def context(scale: str, device: str, dtype: Any, steps: Optional[int],
             size: Optional[int] = None) -> str:
     import torch
 
-    from lotts.batch import versions
+    from lotts.runs.outputs import package_versions
 
     name = (torch.cuda.get_device_name(0) if device.startswith("cuda")
             else f"CPU ({platform.processor() or platform.machine()})")
-    packages = ", ".join(f"{k} {v}" for k, v in versions().items())
+    packages = ", ".join(f"{k} {v}" for k, v in package_versions().items())
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     what = ("published configs, random weights" if scale == "real"
             else "tiny random-weight test pipelines at 64 px")
@@ -339,7 +339,7 @@ class BenchRun:
     skipped: list[str] = field(default_factory=list)
 
     def run(self, names: Sequence[str]) -> str:
-        from lotts.batch import one_cpu_thread
+        from lotts.runs.runner import one_cpu_thread
 
         before = self.results.read_text(encoding="utf-8") if self.results and self.results.is_file() else ""
         tiny_cpu = self.scale == "tiny" and self.device == "cpu"
@@ -362,7 +362,7 @@ class BenchRun:
         return "\n".join(lines) + "\n"
 
     def save(self, before: str, header: str) -> None:
-        from lotts.batch import write_bytes_atomic
+        from lotts.runs.files import write_bytes_atomic
 
         if self.results is not None:
             write_bytes_atomic(self.results, (before + "\n" + self.text(header)).encode("utf-8"))
@@ -371,17 +371,17 @@ class BenchRun:
 def run_from_args(args: argparse.Namespace) -> int:
     import torch
 
-    from lotts.batch import BatchError
+    from lotts.errors import UsageError
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     names = [n.strip() for n in args.backbones.split(",") if n.strip()]
     unknown = [n for n in names if n not in BACKBONES]
     if unknown or not names:
-        raise BatchError(f"unknown backbone(s) {unknown}: choose from {list(BACKBONES)}")
+        raise UsageError(f"unknown backbone(s) {unknown}: choose from {list(BACKBONES)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BatchError("--device cuda but no CUDA device is available")
+        raise UsageError("--device cuda but no CUDA device is available")
     if args.steps is not None and args.steps < 2:
-        raise BatchError(f"--steps must be >= 2, got {args.steps}")
+        raise UsageError(f"--steps must be >= 2, got {args.steps}")
     run = BenchRun(
         scale=args.scale or ("real" if device.startswith("cuda") else "tiny"), device=device,
         dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32, steps=args.steps,

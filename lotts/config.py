@@ -6,15 +6,15 @@ Defaults follow the README's *Method* section. Fractions (``t0``, ``localization
 Seeds: a run with user seed ``s`` draws original ``j`` from ``torch.Generator().manual_seed(s + j)``
 (the same noise the pipeline itself draws for that generator, so Best-of-N and LoTTS originals
 coincide). Every other random stream (localization noise, each refinement's injected noise,
-the stand-in trajectory of a user image) comes from :func:`derive_seed` of the owning seed and
+the stand-in trajectory of a user image) comes from :func:`stream_seed` of the owning seed and
 the candidate index, never from batch composition.
 """
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, replace
-from typing import Optional, Union
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Optional, Union
 
 # t0 defaults per backbone, as (step, of steps) in the paper's schedules.
 DEFAULT_T0 = {"sd": (25, 50), "sdxl": (15, 50), "flux": (1, 28)}
@@ -25,8 +25,10 @@ LOCALIZATION_PROMPTS = 3  # original, positive, negative in one batched forward
 MAX_STEPS = 10_000  # longest schedule searched for the shortest that fits
 
 
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any tuple of ints and strings (stable across runs and machines)."""
+def stream_seed(*parts: object) -> int:
+    """The seed of one random stream inside a run, from its owner's seed and what it is for
+    (e.g. ``(seed, "refine", index)``): 63 bits of blake2b, stable across runs and machines.
+    (A prompt's own seed in a batch run is :func:`lotts.runs.prompts.prompt_seed`.)"""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
@@ -58,41 +60,47 @@ class ResolvedConfig:
         return self.num_steps - self.global_steps
 
 
+def _setting(default: Any, help: str) -> Any:
+    """A LoTTSConfig field whose help text serves the docstring and the CLI's --help alike."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class LoTTSConfig:
     """Settings of a LoTTS run (see the README's *Method* section).
 
-    num_seeds: originals per prompt. num_refinements (k): refinements per original (siblings)
-    or chain depth per seed (chain). mask_ratio (r): share of latent positions re-noised.
-    t0: step where refinement starts: int step index, float fraction of the schedule in
-    [0, 1), or None for the backbone default (SD 25/50, SDXL 15/50, FLUX 1/28). lam: weight of
-    the original-prompt map in eq. (3). global_steps: unmasked steps at the end (None: 10% of
-    the schedule, at least 1). localization_level: fraction of the schedule where x0 is
-    re-noised for the localization forward. quality_prompts: positive and negative templates.
-    token_selection: "content" (non-special tokens), "quality" (only the words that differ
-    between the two templates; the original prompt uses its content tokens) or "all"
-    (every non-padding token). search: "siblings" (k refinements of each original) or "chain"
-    (k levels, each refining the seed's best-scored candidate so far, re-localized).
-    soft_mask_sigma: Gaussian feathering of the mask in latent positions (0: hard mask).
-    refine_batch_size: refinement latents per denoiser batch (None: k). generate_batch_size:
-    originals per pipeline call (None: all of a prompt's originals at once). global_fraction:
-    share of the schedule run unmasked when global_steps is None.
-    """
+    Fields (each field's ``metadata["help"]``, also the CLI's option help):"""
 
-    num_seeds: int = 3
-    num_refinements: int = 2
-    mask_ratio: float = 0.5
-    t0: Optional[Union[int, float]] = None
-    lam: float = 1.0
-    global_steps: Optional[int] = None
-    localization_level: float = 0.5
-    quality_prompts: tuple[str, str] = ("A high-quality image of {}.", "A low-quality image of {}.")
-    token_selection: str = "content"
-    search: str = "siblings"
-    soft_mask_sigma: float = 0.0
-    refine_batch_size: Optional[int] = None
-    generate_batch_size: Optional[int] = None
-    global_fraction: float = 0.1
+    num_seeds: int = _setting(3, "originals per prompt.")
+    num_refinements: int = _setting(
+        2, "k: refinements per original (siblings) or chain depth per seed (chain).")
+    mask_ratio: float = _setting(0.5, "r: share of latent positions re-noised.")
+    t0: Optional[Union[int, float]] = _setting(
+        None, "step where refinement starts: int step index, float fraction of the schedule in "
+        "[0, 1), or None for the backbone default (SD 25/50, SDXL 15/50, FLUX 1/28).")
+    lam: float = _setting(1.0, "weight of the original-prompt map in eq. (3).")
+    global_steps: Optional[int] = _setting(
+        None, "unmasked steps at the end (None: global_fraction of the schedule, at least 1).")
+    localization_level: float = _setting(
+        0.5, "fraction of the schedule where x0 is re-noised for the localization forward.")
+    quality_prompts: tuple[str, str] = _setting(
+        ("A high-quality image of {}.", "A low-quality image of {}."),
+        "positive and negative templates.")
+    token_selection: str = _setting(
+        "content", '"content" (non-special tokens), "quality" (only the words that differ '
+        "between the two templates; the original prompt uses its content tokens) or \"all\" "
+        "(every non-padding token).")
+    search: str = _setting(
+        "siblings", '"siblings" (k refinements of each original) or "chain" (k levels, each '
+        "refining the seed's best-scored candidate so far, re-localized).")
+    soft_mask_sigma: float = _setting(
+        0.0, "Gaussian feathering of the mask in latent positions (0: hard mask).")
+    refine_batch_size: Optional[int] = _setting(
+        None, "refinement latents per denoiser batch (None: k).")
+    generate_batch_size: Optional[int] = _setting(
+        None, "originals per pipeline call (None: all of a prompt's originals at once).")
+    global_fraction: float = _setting(
+        0.1, "share of the schedule run unmasked when global_steps is None.")
 
     def __post_init__(self) -> None:
         self._check_counts()
@@ -231,3 +239,7 @@ def _backbone_name(backbone: object) -> str:
     if name not in DEFAULT_T0:
         raise ValueError(f"backbone must be one of {sorted(DEFAULT_T0)}, got {backbone!r}")
     return name
+
+
+LoTTSConfig.__doc__ = (LoTTSConfig.__doc__ or "") + "".join(
+    f"\n    {item.name}: {item.metadata['help']}" for item in fields(LoTTSConfig))

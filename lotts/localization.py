@@ -13,8 +13,9 @@ at the mask grid (UNet latents; FLUX's packed token grid).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F

@@ -7,18 +7,17 @@ offline.
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from lotts.batch import MANIFEST, RUN_FILE, read_jsonl, sorted_unique
+from lotts.runs.files import write_bytes_atomic
+from lotts.runs.manifest import Manifest, RunDirectory
 
 # Anchors of an inferno-like colormap (dark -> bright), interpolated linearly.
 _COLORMAP_ANCHORS = np.array([
@@ -186,30 +185,9 @@ def candidate_grid(result: Any, scores: Optional[Sequence[float]] = None, title:
 # --------------------------------------------------------------------------------------------
 # Runs and summaries
 # --------------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    """A finished (or partial) run directory: its spec, notes and manifest records."""
-
-    path: Path
-    spec: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    records: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return str(self.spec.get("method") or self.path.name)
-
-
-def load_run(path: Union[str, os.PathLike]) -> Run:
-    """Read ``run.json`` and ``manifest.jsonl`` (plus leftover parts) of a run directory."""
-    path = Path(path)
-    if not (path / MANIFEST).is_file() and not list(path.glob("manifest.part-*.jsonl")):
-        raise FileNotFoundError(f"{str(path)!r} holds no {MANIFEST}: not a lotts run directory")
-    run_file = path / RUN_FILE
-    meta = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
-    sources = [path / MANIFEST, *sorted(path.glob("manifest.part-*.jsonl"))]
-    records = sorted_unique(r for source in sources for r in read_jsonl(source))
-    return Run(path, meta.get("spec", {}), list(meta.get("notes", [])), records)
+def load_run(path: Union[str, os.PathLike]) -> RunDirectory:
+    """Read a run directory through its manifest (``run.json``, records and leftover parts)."""
+    return Manifest(path).load()
 
 
 def selected_score(record: Mapping[str, Any], verifier: str) -> Optional[float]:
@@ -217,7 +195,7 @@ def selected_score(record: Mapping[str, Any], verifier: str) -> Optional[float]:
     return None if values is None else float(values[int(record["selected"])])
 
 
-def verifier_names(runs: Sequence[Run]) -> list[str]:
+def verifier_names(runs: Sequence[RunDirectory]) -> list[str]:
     """Verifiers in first-seen order across runs: selection verifiers, then held-out ones."""
     names: list[str] = []
     for run in runs:
@@ -228,7 +206,7 @@ def verifier_names(runs: Sequence[Run]) -> list[str]:
     return names
 
 
-def summarize(run: Run, verifiers: Sequence[str]) -> dict[str, Any]:
+def summarize(run: RunDirectory, verifiers: Sequence[str]) -> dict[str, Any]:
     """Means per prompt of the selected image's scores and of the cost."""
     records = run.records
     count = len(records)
@@ -261,7 +239,7 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def _role(name: str, runs: Sequence[Run]) -> str:
+def _role(name: str, runs: Sequence[RunDirectory]) -> str:
     selection = {run.spec.get("verifier") for run in runs}
     return "selection" if name in selection else "held-out"
 
@@ -288,13 +266,13 @@ img.grid{max-width:100%;border:1px solid #ddd}
 """
 
 
-def _relative(run: Run, path: Optional[str], report_dir: Path) -> Optional[str]:
+def _relative(run: RunDirectory, path: Optional[str], report_dir: Path) -> Optional[str]:
     if not path:
         return None
     return Path(os.path.relpath(run.path / path, report_dir)).as_posix()
 
 
-def _summary_table(runs: Sequence[Run], verifiers: Sequence[str]) -> str:
+def _summary_table(runs: Sequence[RunDirectory], verifiers: Sequence[str]) -> str:
     head = ["run", "prompts"] + [f"{html.escape(v)}<br><small>{_role(v, runs)}</small>" for v in verifiers]
     head += ["NFE / prompt", "verifier calls / prompt", "seconds / prompt"]
     rows = []
@@ -318,7 +296,7 @@ def _summary_table(runs: Sequence[Run], verifiers: Sequence[str]) -> str:
             + f"</tr></thead><tbody>{body}</tbody></table>")
 
 
-def _prompt_sections(runs: Sequence[Run], verifiers: Sequence[str], report_dir: Path) -> str:
+def _prompt_sections(runs: Sequence[RunDirectory], verifiers: Sequence[str], report_dir: Path) -> str:
     by_run = [{r["id"]: r for r in run.records} for run in runs]
     ids: list[Any] = []
     for records in by_run:
@@ -351,7 +329,7 @@ def _prompt_sections(runs: Sequence[Run], verifiers: Sequence[str], report_dir: 
     return "".join(sections)
 
 
-def render_report(runs: Sequence[Run], report_dir: Union[str, os.PathLike],
+def render_report(runs: Sequence[RunDirectory], report_dir: Union[str, os.PathLike],
                   title: str = "LoTTS report", notes: Sequence[str] = ()) -> str:
     """The HTML text of a report over ``runs``, with paths relative to ``report_dir``."""
     report_dir = Path(report_dir)
@@ -374,8 +352,6 @@ def render_report(runs: Sequence[Run], report_dir: Union[str, os.PathLike],
 def write_report(run_dirs: Sequence[Union[str, os.PathLike]], out_file: Union[str, os.PathLike],
                  title: str = "LoTTS report", notes: Sequence[str] = ()) -> Path:
     """Write ``report.html`` (a static page, no network needed) for one or more runs."""
-    from lotts.batch import write_bytes_atomic
-
     out_file = Path(out_file)
     runs = [load_run(d) for d in run_dirs]
     text = render_report(runs, out_file.parent, title=title, notes=notes)

@@ -10,17 +10,27 @@ the mask are the parent's, exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from lotts.config import ResolvedConfig, derive_seed
+from lotts.config import ResolvedConfig, stream_seed
 from lotts_kernels import masked_noise_blend
+
+if TYPE_CHECKING:
+    from lotts.backbones import Run
 
 
 # ----- parent trajectories -------------------------------------------------------------------
+class Trajectory(Protocol):
+    """A parent's latents entering each step from t0 on (``at(num_steps)``: the clean latents)."""
+
+    def at(self, step: int) -> torch.Tensor: ...
+
+
 class CachedTrajectory:
     """Latents entering steps start..num_steps (the last: clean), cached during denoising.
 
@@ -41,7 +51,7 @@ class NoisedTrajectory:
     """Stand-in trajectory of an image that was not generated here: alpha_i * x0 + sigma_i * eps
     with one fixed eps (drawn from `seed`), and x0 itself once the schedule ends."""
 
-    def __init__(self, run: Any, x0: torch.Tensor, seed: int) -> None:
+    def __init__(self, run: Run, x0: torch.Tensor, seed: int) -> None:
         self.run, self.x0, self.seed = run, x0, seed
         self.everywhere = run.backbone.blend_mask(
             torch.ones(1, *run.backbone.mask_grid(run.settings), dtype=torch.bool, device=x0.device))
@@ -80,7 +90,7 @@ class RefineJob:
 
     parent: int
     x0: torch.Tensor
-    trajectory: Any
+    trajectory: Trajectory
     mask: torch.Tensor
     seed: int
 
@@ -91,10 +101,10 @@ class RefineOutcome:
     trajectory: Optional[CachedTrajectory]
 
 
-def refine_batch(run: Any, jobs: Sequence[RefineJob], steps: ResolvedConfig,
+def refine_batch(run: Run, jobs: Sequence[RefineJob], plan: ResolvedConfig,
                  record: bool = False) -> list[RefineOutcome]:
     """Run `jobs` as one batch from t0 to the end; `record` keeps their own trajectories."""
-    backbone, t0 = run.backbone, steps.t0
+    backbone, t0 = run.backbone, plan.t0
     masks = backbone.blend_mask(torch.cat([job.mask for job in jobs]))
     x0 = torch.cat([job.x0 for job in jobs])
     outside = torch.cat([job.trajectory.at(t0) for job in jobs])
@@ -105,14 +115,14 @@ def refine_batch(run: Any, jobs: Sequence[RefineJob], steps: ResolvedConfig,
     recorded = [latents] if record else None
 
     def hold_outside(i: int, latents: torch.Tensor) -> torch.Tensor:
-        if i + 1 <= steps.masked_stop:
+        if i + 1 <= plan.masked_stop:
             parents = torch.cat([job.trajectory.at(i + 1) for job in jobs])
             latents = masked_noise_blend(latents, parents, masks, 1.0, 0.0)
         if recorded is not None:
             recorded.append(latents)
         return latents
 
-    step_seeds = [derive_seed(job.seed, "scheduler-step") for job in jobs]
+    step_seeds = [stream_seed(job.seed, "scheduler-step") for job in jobs]
     final = run.denoise(latents, t0, run.num_steps, step_seeds, hold_outside)
     return [RefineOutcome(final[b: b + 1],
                           CachedTrajectory(t0, recorded, b) if recorded is not None else None)

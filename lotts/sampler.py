@@ -1,33 +1,41 @@
 """LoTTS: generate candidates, localize defects, resample locally, keep the best-scored.
 
-``LoTTS(pipe, verifier, config)(prompt, seed=0, **pipe_kwargs)`` runs, per prompt:
-1. originals: the pipeline's own ``__call__`` (``output_type="latent"``) with noise from
-   ``seed + j``, caching each trajectory from t0 on through ``callback_on_step_end``;
-2. localization of each original (:mod:`lotts.localization`);
-3. refinements (:mod:`lotts.resampling`): "siblings" makes k of each original; "chain" makes
-   k levels, each refining the seed's best-scored candidate so far, re-localized;
-4. selection by the verifier over all candidates, originals included.
+``LoTTS(pipe, verifier, config)(prompt, seed=0, **pipe_kwargs)`` runs, per prompt, the steps
+that :meth:`LoTTS._run` numbers:
 
-The pipeline is left as found: base generation steps a copy of its scheduler, the NFE hook
-and the attention processors are removed/restored in ``finally`` blocks.
+1. generate originals: the pipeline's own ``__call__`` (``output_type="latent"``) with noise
+   from ``seed + j``, caching each trajectory from t0 on through ``callback_on_step_end``;
+2. localize the parents of this level (:mod:`lotts.localization`);
+3. refine them (:mod:`lotts.resampling`): "siblings" is one level making k refinements of each
+   original; "chain" is k levels, each refining the seed's best-scored candidate so far;
+4. select the best-scored candidate, originals included (ties go to the lower index);
+5. report: held-out verifiers score the selected image (not part of the method's cost).
+
+Every candidate is scored once, when it is made. The pipeline is left as found: base
+generation steps a copy of its scheduler, the NFE hook and the attention processors are
+removed/restored in ``finally`` blocks.
 """
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
 
 import torch
 from PIL import Image
 
-from lotts.backbones import Backbone, Run, detect_backbone
-from lotts.config import LoTTSConfig, ResolvedConfig, derive_seed
+from lotts.backbones import Backbone, Run, Settings, detect_backbone
+from lotts.config import LoTTSConfig, ResolvedConfig, stream_seed
 from lotts.cost import CostMeter
-from lotts.localization import localization_inputs, localize
+from lotts.localization import Localization, localization_inputs, localize
 from lotts.resampling import (
     CachedTrajectory,
     NoisedTrajectory,
     RefineJob,
+    RefineOutcome,
+    Trajectory,
     refine_batch,
     soften,
 )
@@ -36,22 +44,30 @@ from lotts.verifiers import check_scores, load_verifier
 
 Prompt = Union[str, Sequence[str]]
 VerifierSpec = Union[str, Callable[..., Any]]
+Verifier = Callable[..., Any]
 
 
 # ----- verifiers -----------------------------------------------------------------------------
-def verifier_name(verifier: Any) -> str:
+def verifier_label(verifier: Any) -> str:
+    """The name a loaded verifier's scores go under in ``LoTTSResult.scores``."""
     return (getattr(verifier, "name", None) or getattr(verifier, "__name__", None)
             or type(verifier).__name__)
 
 
-def _report_verifiers(report_with: Any, options: dict) -> dict[str, Callable[..., Any]]:
+def _report_verifiers(report_with: Any, options: dict[str, Any]) -> dict[str, Verifier]:
     if report_with is None:
         return {}
     if isinstance(report_with, dict):
         return {name: load_verifier(spec, **options) for name, spec in report_with.items()}
     specs = [report_with] if isinstance(report_with, str) or callable(report_with) else report_with
     loaded = [load_verifier(spec, **options) for spec in specs]
-    return {verifier_name(v): v for v in loaded}
+    return {verifier_label(v): v for v in loaded}
+
+
+def score_images(verifier: Verifier, images: Sequence[Image.Image], prompt: str) -> list[float]:
+    """One validated score per image."""
+    raw = verifier(list(images), [prompt] * len(images))
+    return [float(s) for s in check_scores(raw, len(images), verifier_label(verifier)).tolist()]
 
 
 # ----- inputs --------------------------------------------------------------------------------
@@ -84,6 +100,37 @@ def _scheduler_copy(pipe: Any) -> Iterator[None]:
         pipe.scheduler = original
 
 
+# ----- the candidates of one prompt ----------------------------------------------------------
+@dataclass
+class Pool:
+    """Candidates in the order they were made, each with its root original and, where it can
+    be refined further, its trajectory."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    roots: list[int] = field(default_factory=list)
+    trajectories: dict[int, Trajectory] = field(default_factory=dict)
+
+    def add(self, candidate: Candidate, trajectory: Optional[Trajectory] = None) -> int:
+        index = len(self.candidates)
+        self.candidates.append(candidate)
+        parent = candidate.parent
+        self.roots.append(index if parent is None else self.roots[parent])
+        if trajectory is not None:
+            self.trajectories[index] = trajectory
+        return index
+
+    def originals(self) -> list[int]:
+        return [i for i, c in enumerate(self.candidates) if c.parent is None]
+
+    def best(self, members: Optional[Sequence[int]] = None) -> int:
+        """The best-scored of `members` (default: all); ties go to the lower index."""
+        indices = range(len(self.candidates)) if members is None else members
+        return max(indices, key=lambda i: (self.candidates[i].score, -i))
+
+    def best_of_root(self, root: int) -> int:
+        return self.best([i for i, r in enumerate(self.roots) if r == root])
+
+
 class LoTTS:
     """Localized test-time scaling around a diffusers pipeline.
 
@@ -97,7 +144,7 @@ class LoTTS:
 
     def __init__(self, pipe: Any, verifier: Optional[VerifierSpec] = None,
                  config: Optional[LoTTSConfig] = None, *, select_with: Optional[VerifierSpec] = None,
-                 report_with: Any = None, verifier_options: Optional[dict] = None,
+                 report_with: Any = None, verifier_options: Optional[dict[str, Any]] = None,
                  on_phase: Optional[Callable[[str], None]] = None) -> None:
         self.backbone: Backbone = detect_backbone(pipe)
         self.pipe = pipe
@@ -108,7 +155,7 @@ class LoTTS:
         if spec is None:
             raise ValueError("LoTTS needs a verifier (verifier= or select_with=)")
         options = verifier_options or {}
-        self.verifier = load_verifier(spec, **options)
+        self.verifier: Verifier = load_verifier(spec, **options)
         self.report_verifiers = _report_verifiers(report_with, options)
         self.on_phase = on_phase
 
@@ -120,9 +167,8 @@ class LoTTS:
         seed = _check_seed(seed, self.config.num_seeds)
         if self.config.num_refinements > 0:
             self.backbone.check_scheduler()
-        settings = self.backbone.settings(pipe_kwargs)
-        self.config.resolved(self.backbone.name, settings.num_inference_steps)  # validate early
-        results = [self._run(p, seed, settings, None) for p in prompts]
+        settings = self._settings(pipe_kwargs)
+        results = [self._run(p, seed, settings) for p in prompts]
         return results[0] if single else results
 
     def refine(self, image: Union[Image.Image, torch.Tensor], prompt: str, seed: int = 0,
@@ -138,85 +184,90 @@ class LoTTS:
         if not isinstance(image, (Image.Image, torch.Tensor)):
             raise TypeError(f"image must be a PIL image or a latents tensor, got {type(image).__name__}")
         self.backbone.check_scheduler()
-        pipe_kwargs = self._size_from(image, pipe_kwargs)
-        settings = self.backbone.settings(pipe_kwargs)
-        self.config.resolved(self.backbone.name, settings.num_inference_steps)
-        return self._run(prompts[0], seed, settings, image)
+        settings = self._settings(self._size_from(image, pipe_kwargs))
+        return self._run(prompts[0], seed, settings, given=image)
 
-    # ----- one prompt -------------------------------------------------------------------------
-    def _size_from(self, image: Any, pipe_kwargs: dict) -> dict:
-        if pipe_kwargs.get("height") is not None and pipe_kwargs.get("width") is not None:
-            return pipe_kwargs
-        if isinstance(image, Image.Image):
-            width, height = image.size
-        else:
-            height, width = self.backbone.size_from_latents(image)
-        return {"height": height, "width": width, **{k: v for k, v in pipe_kwargs.items()
-                                                     if v is not None}}
-
-    def _run(self, prompt: str, seed: int, settings: Any, given: Any) -> LoTTSResult:
+    # ----- one prompt, as the method reads -----------------------------------------------------
+    def _run(self, prompt: str, seed: int, settings: Settings,
+             given: Union[Image.Image, torch.Tensor, None] = None) -> LoTTSResult:
+        config = self.config
         meter = CostMeter(synchronize=settings.device.type == "cuda", on_phase=self.on_phase)
+        pool = Pool()
         with torch.no_grad(), meter.counting(self.backbone.denoiser):
             with meter.phase("generate"):
                 cond = self.backbone.encode(prompt, settings)
                 run = Run(self.backbone, settings, prompt, cond, self.backbone.noise_shape(settings))
-                steps = self.config.resolved(self.backbone.name, run.num_steps)
-            session = _Session(self, run, steps, meter, seed)
+                plan = config.resolved(self.backbone.name, run.num_steps)
+
+            # 1. Generate the originals (or take the user's image as the one original).
             if given is None:
-                session.generate_originals(self.config.num_seeds)
+                self._generate_originals(run, plan, seed, pool, meter)
             else:
-                session.add_given(given)
-            session.search()
-            return session.result("lotts" if given is None else "refine")
+                self._add_given(run, given, seed, pool, meter)
 
+            # 2.-3. Localize and refine, level by level: siblings is one level of k children
+            # per original, chain is k levels of one child of each seed's best so far.
+            k = config.num_refinements
+            levels, per_parent = (0, 0) if k == 0 else (1, k) if config.search == "siblings" else (k, 1)
+            localization_batch = None
+            for level in range(levels):
+                parents = [pool.best_of_root(root) for root in pool.originals()]
+                with meter.phase("localize"):
+                    if localization_batch is None:
+                        localization_batch = localization_inputs(self.backbone, settings, prompt,
+                                                                 config)
+                    found = self._localize(run, plan, pool, parents, localization_batch)
+                self._refine(run, plan, pool, parents, found, per_parent, seed, meter,
+                             record=level < levels - 1)
 
-class _Session:
-    """The candidates of one prompt and the work that makes them."""
+            # 4. Select.
+            selected = pool.best()
 
-    def __init__(self, owner: LoTTS, run: Run, steps: ResolvedConfig, meter: CostMeter,
-                 seed: int) -> None:
-        self.owner, self.run, self.steps, self.meter, self.seed = owner, run, steps, meter, seed
-        self.config = owner.config
-        self.backbone = run.backbone
-        self.candidates: list[Candidate] = []
-        self.trajectories: dict[int, Any] = {}
-        self.roots: list[int] = []
-        self._loc: Optional[tuple[Any, tuple[torch.Tensor, torch.Tensor]]] = None
+            # 5. Report: held-out scores of the selected image, timed apart from the method.
+            scores = {verifier_label(self.verifier): pool.candidates[selected].score}
+            if self.report_verifiers:
+                with meter.phase("report"):
+                    scores.update(self._held_out_scores(pool.candidates[selected].image, prompt))
+        method = "lotts" if given is None else "refine"
+        return LoTTSResult(prompt, pool.candidates, selected, meter.cost, scores, method)
 
-    # ----- originals --------------------------------------------------------------------------
-    def generate_originals(self, count: int) -> None:
+    # ----- 1. originals -----------------------------------------------------------------------
+    def _generate_originals(self, run: Run, plan: ResolvedConfig, seed: int, pool: Pool,
+                            meter: CostMeter) -> None:
+        count = self.config.num_seeds
         chunk = self.config.generate_batch_size or count
-        cache_from = self.steps.t0 if self.config.num_refinements > 0 else None
+        cache_from = plan.t0 if self.config.num_refinements > 0 else None
         for start in range(0, count, chunk):
-            seeds = [self.seed + j for j in range(start, min(count, start + chunk))]
-            with self.meter.phase("generate"):
-                before = self.meter.rows_in_phase("generate")
-                latents, cached = self._pipeline_latents(seeds, cache_from)
-                images = self.backbone.decode(latents, self.run.settings)
-                nfe = (self.meter.rows_in_phase("generate") - before) // len(seeds)
-            for row, (s, image) in enumerate(zip(seeds, images)):
-                index = self._add(Candidate(s, None, image, latents[row: row + 1], nfe=nfe))
-                if cached is not None:
-                    self.trajectories[index] = CachedTrajectory(cache_from, cached, row)
-            self._score(range(len(self.candidates) - len(seeds), len(self.candidates)))
+            seeds = [seed + j for j in range(start, min(count, start + chunk))]
+            with meter.phase("generate"):
+                before = meter.rows_in_phase("generate")
+                latents, cached = self._pipeline_latents(run, seeds, cache_from)
+                images = self.backbone.decode(latents, run.settings)
+                nfe = (meter.rows_in_phase("generate") - before) // len(seeds)
+            scores = self._score(images, run.prompt, meter)
+            for row, (s, image, score) in enumerate(zip(seeds, images, scores)):
+                trajectory = None if cached is None else CachedTrajectory(plan.t0, cached, row)
+                pool.add(Candidate(s, None, image, latents[row: row + 1], score=score, nfe=nfe),
+                         trajectory)
 
-    def _pipeline_latents(self, seeds: list[int], cache_from: Optional[int]):
+    def _pipeline_latents(self, run: Run, seeds: list[int], cache_from: Optional[int]
+                          ) -> tuple[torch.Tensor, Optional[list[torch.Tensor]]]:
         """The pipeline's own loop, trajectories cached from `cache_from` on."""
-        settings, backbone = self.run.settings, self.backbone
+        settings, backbone = run.settings, self.backbone
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         noise = backbone.initial_noise(settings, generators)
         cached: Optional[list[torch.Tensor]] = None
         if cache_from is not None:
-            cached = [backbone.entering_latents(noise, self.run)] if cache_from == 0 else []
+            cached = [backbone.entering_latents(noise, run)] if cache_from == 0 else []
         user_callback = settings.callback
 
-        def on_step_end(pipe: Any, i: int, t: Any, tensors: dict) -> dict:
+        def on_step_end(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             out = (user_callback(pipe, i, t, tensors) if user_callback is not None else None) or {}
-            if cached is not None and i + 1 >= cache_from:
+            if cached is not None and cache_from is not None and i + 1 >= cache_from:
                 cached.append(out.get("latents", tensors["latents"]))
             return out
 
-        kwargs = {**settings.passthrough, **backbone.call_kwargs(self.run)}
+        kwargs = {**settings.passthrough, **backbone.call_kwargs(run)}
         kwargs.update(height=settings.height, width=settings.width,
                       num_inference_steps=settings.num_inference_steps,
                       guidance_scale=settings.guidance_scale, num_images_per_prompt=len(seeds),
@@ -225,111 +276,91 @@ class _Session:
                       callback_on_step_end_tensor_inputs=list(settings.callback_inputs))
         with _scheduler_copy(backbone.pipe):
             latents = backbone.pipe(**kwargs)[0]
-        if cached is not None and len(cached) != self.run.num_steps - cache_from + 1:
+        if cached is not None and cache_from is not None and len(cached) != run.num_steps - cache_from + 1:
             raise RuntimeError(f"cached {len(cached)} trajectory steps, expected "
-                               f"{self.run.num_steps - cache_from + 1}: the pipeline's loop and "
+                               f"{run.num_steps - cache_from + 1}: the pipeline's loop and "
                                "LoTTS' schedule disagree")
         return latents, cached
 
-    def add_given(self, given: Any) -> None:
-        settings = self.run.settings
-        with self.meter.phase("generate"):
+    def _add_given(self, run: Run, given: Union[Image.Image, torch.Tensor], seed: int, pool: Pool,
+                   meter: CostMeter) -> None:
+        settings = run.settings
+        with meter.phase("generate"):
             if isinstance(given, Image.Image):
                 latents, image = self.backbone.encode_image(given, settings), given
             else:
                 latents = self.backbone.check_latents(given, settings)
                 image = self.backbone.decode(latents, settings)[0]
-        index = self._add(Candidate(self.seed, None, image, latents))
-        self.trajectories[index] = NoisedTrajectory(self.run, latents,
-                                                    derive_seed(self.seed, "trajectory"))
-        self._score([index])
+        (score,) = self._score([image], run.prompt, meter)
+        pool.add(Candidate(seed, None, image, latents, score=score),
+                 NoisedTrajectory(run, latents, stream_seed(seed, "trajectory")))
 
-    # ----- search -----------------------------------------------------------------------------
-    def search(self) -> None:
-        k = self.config.num_refinements
-        if k == 0:
-            return
-        originals = [i for i, c in enumerate(self.candidates) if c.parent is None]
-        if self.config.search == "siblings":
-            self._refine(originals, k, record=False)
-            return
-        for level in range(k):
-            best = [self._best_of_root(root) for root in originals]
-            self._refine(best, 1, record=level < k - 1)
+    # ----- 2. localize ------------------------------------------------------------------------
+    def _localize(self, run: Run, plan: ResolvedConfig, pool: Pool, parents: list[int],
+                  batch: tuple[Any, tuple[torch.Tensor, torch.Tensor]]) -> Localization:
+        cond, tokens = batch
+        x0 = torch.cat([pool.candidates[p].latents for p in parents])
+        seeds = [stream_seed(pool.candidates[p].seed, "localize", p) for p in parents]
+        return localize(run, x0, seeds, plan.localization_step, self.config.lam,
+                        self.config.mask_ratio, cond, tokens)
 
-    def _best_of_root(self, root: int) -> int:
-        members = [i for i, r in enumerate(self.roots) if r == root]
-        return max(members, key=lambda i: (self.candidates[i].score, -i))
-
-    def _refine(self, parents: list[int], per_parent: int, record: bool) -> None:
-        with self.meter.phase("localize"):
-            found = self._localize(parents)
-        jobs = []
+    # ----- 3. refine --------------------------------------------------------------------------
+    def _refine(self, run: Run, plan: ResolvedConfig, pool: Pool, parents: list[int],
+                found: Localization, per_parent: int, seed: int, meter: CostMeter,
+                record: bool) -> None:
+        """`per_parent` refinements of each parent, in batches of ``refine_batch_size``;
+        `record` keeps their trajectories (a chain refines them further)."""
+        jobs: list[tuple[RefineJob, torch.Tensor]] = []
         for p, parent in enumerate(parents):
             mask = soften(found.mask[p: p + 1], self.config.soft_mask_sigma)
             for _ in range(per_parent):
-                index = len(self.candidates) + len(jobs)
-                jobs.append((index, found.heatmap[p], RefineJob(
-                    parent, self.candidates[parent].latents, self.trajectories[parent], mask,
-                    derive_seed(self.seed, "refine", index))))
+                index = len(pool.candidates) + len(jobs)
+                job = RefineJob(parent, pool.candidates[parent].latents, pool.trajectories[parent],
+                                mask, stream_seed(seed, "refine", index))
+                jobs.append((job, found.heatmap[p]))
         size = self.config.refine_batch_size or self.config.num_refinements
+        made: list[tuple[RefineJob, torch.Tensor, RefineOutcome, Image.Image, int]] = []
         for start in range(0, len(jobs), size):
-            self._run_jobs(jobs[start: start + size], record)
-        self._score(range(len(self.candidates) - len(jobs), len(self.candidates)))
+            batch = jobs[start: start + size]
+            with meter.phase("refine"):
+                before = meter.rows_in_phase("refine")
+                outcomes = refine_batch(run, [job for job, _ in batch], plan, record)
+                images = self.backbone.decode(torch.cat([o.latents for o in outcomes]), run.settings)
+                nfe = (meter.rows_in_phase("refine") - before) // len(batch)
+            made += [(job, heat, outcome, image, nfe)
+                     for (job, heat), outcome, image in zip(batch, outcomes, images)]
+        # One verifier call for the whole level, as for the originals of one pipeline call.
+        scores = self._score([image for _, _, _, image, _ in made], run.prompt, meter)
+        for (job, heat, outcome, image, nfe), score in zip(made, scores):
+            pool.add(Candidate(job.seed, job.parent, image, outcome.latents, mask=job.mask[0],
+                               heatmap=heat, score=score, nfe=nfe), outcome.trajectory)
 
-    def _run_jobs(self, batch: list, record: bool) -> None:
-        with self.meter.phase("refine"):
-            before = self.meter.rows_in_phase("refine")
-            outcomes = refine_batch(self.run, [job for _, _, job in batch], self.steps, record)
-            latents = torch.cat([o.latents for o in outcomes])
-            images = self.backbone.decode(latents, self.run.settings)
-            nfe = (self.meter.rows_in_phase("refine") - before) // len(batch)
-        for (index, heat, job), outcome, image in zip(batch, outcomes, images):
-            added = self._add(Candidate(job.seed, job.parent, image, outcome.latents,
-                                        mask=job.mask[0], heatmap=heat, nfe=nfe))
-            assert added == index
-            if outcome.trajectory is not None:
-                self.trajectories[added] = outcome.trajectory
+    # ----- scoring ----------------------------------------------------------------------------
+    def _score(self, images: Sequence[Image.Image], prompt: str, meter: CostMeter) -> list[float]:
+        """The selection verifier's scores, timed and counted as the method's cost."""
+        with meter.phase("verify"):
+            scores = score_images(self.verifier, images, prompt)
+            meter.count_verifier(len(images))
+        return scores
 
-    def _localize(self, parents: list[int]):
-        if self._loc is None:
-            self._loc = localization_inputs(self.backbone, self.run.settings, self.run.prompt,
-                                            self.config)
-        cond, tokens = self._loc
-        x0 = torch.cat([self.candidates[p].latents for p in parents])
-        seeds = [derive_seed(self.candidates[p].seed, "localize", p) for p in parents]
-        return localize(self.run, x0, seeds, self.steps.localization_step, self.config.lam,
-                        self.config.mask_ratio, cond, tokens)
+    def _held_out_scores(self, image: Image.Image, prompt: str) -> dict[str, float]:
+        return {name: score_images(verifier, [image], prompt)[0]
+                for name, verifier in self.report_verifiers.items()}
 
-    # ----- bookkeeping ------------------------------------------------------------------------
-    def _add(self, candidate: Candidate) -> int:
-        self.candidates.append(candidate)
-        parent = candidate.parent
-        self.roots.append(len(self.candidates) - 1 if parent is None else self.roots[parent])
-        return len(self.candidates) - 1
+    # ----- settings ---------------------------------------------------------------------------
+    def _settings(self, pipe_kwargs: dict[str, Any]) -> Settings:
+        """The call's settings, with the LoTTS config checked against its schedule up front."""
+        settings = self.backbone.settings(pipe_kwargs)
+        self.config.resolved(self.backbone.name, settings.num_inference_steps)
+        return settings
 
-    def _score(self, indices: Sequence[int]) -> None:
-        indices = list(indices)
-        if not indices:
-            return
-        verifier = self.owner.verifier
-        with self.meter.phase("verify"):
-            images = [self.candidates[i].image for i in indices]
-            raw = verifier(images, [self.run.prompt] * len(images))
-            scores = check_scores(raw, len(images), verifier_name(verifier))
-            self.meter.count_verifier(len(images))
-        for i, score in zip(indices, scores.tolist()):
-            self.candidates[i].score = float(score)
-
-    def result(self, method: str) -> LoTTSResult:
-        selected = max(range(len(self.candidates)),
-                       key=lambda i: (self.candidates[i].score, -i))
-        scores = {verifier_name(self.owner.verifier): self.candidates[selected].score}
-        with self.meter.phase("report"):
-            for name, verifier in self.owner.report_verifiers.items():
-                raw = verifier([self.candidates[selected].image], [self.run.prompt])
-                scores[name] = float(check_scores(raw, 1, name)[0])
-        if not self.owner.report_verifiers:
-            self.meter.cost.seconds.pop("report", None)
-        return LoTTSResult(self.run.prompt, self.candidates, selected, self.meter.cost, scores,
-                           method)
+    def _size_from(self, image: Union[Image.Image, torch.Tensor],
+                   pipe_kwargs: dict[str, Any]) -> dict[str, Any]:
+        if pipe_kwargs.get("height") is not None and pipe_kwargs.get("width") is not None:
+            return pipe_kwargs
+        if isinstance(image, Image.Image):
+            width, height = image.size
+        else:
+            height, width = self.backbone.size_from_latents(image)
+        return {"height": height, "width": width, **{k: v for k, v in pipe_kwargs.items()
+                                                     if v is not None}}

@@ -1,5 +1,9 @@
 """Shared pytest configuration and fixtures."""
+from __future__ import annotations
+
 import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -28,11 +32,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
 
 
 # ============================================================================================
-# BEGIN tiny offline pipelines (lotts.testing) -- fixtures: tiny_pipeline_dir, tiny_pipelines,
-# load_tiny_pipeline. Saved once per session per (kind, seed, scheduler), built lazily.
+# BEGIN tiny offline pipelines (lotts.tiny_pipelines) -- fixtures: tiny_pipeline_dir,
+# tiny_pipelines, load_tiny_pipeline. Saved once per session per (kind, seed, scheduler), built lazily.
 # ============================================================================================
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 
 class _LazyPipelineDirs(Mapping):
@@ -42,19 +44,19 @@ class _LazyPipelineDirs(Mapping):
         self._factory = factory
 
     def __getitem__(self, kind: str) -> str:
-        from lotts.testing import KINDS
+        from lotts.tiny_pipelines import KINDS
 
         if kind not in KINDS:
             raise KeyError(kind)
         return self._factory(kind)
 
     def __iter__(self) -> Iterator[str]:
-        from lotts.testing import KINDS
+        from lotts.tiny_pipelines import KINDS
 
         return iter(KINDS)
 
     def __len__(self) -> int:
-        from lotts.testing import KINDS
+        from lotts.tiny_pipelines import KINDS
 
         return len(KINDS)
 
@@ -63,10 +65,10 @@ class _LazyPipelineDirs(Mapping):
 def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
     """Factory ``(kind, seed=0, scheduler=None) -> str``: directory of a saved tiny pipeline.
 
-    Load it with ``lotts.testing.pipeline_class(kind).from_pretrained(path,
+    Load it with ``lotts.tiny_pipelines.pipeline_class(kind).from_pretrained(path,
     local_files_only=True)`` (or the ``load_tiny_pipeline`` fixture). Never write into it.
     """
-    from lotts.testing import save_tiny_pipeline
+    from lotts.tiny_pipelines import save_tiny_pipeline
 
     cache: dict = {}
 
@@ -94,7 +96,7 @@ def load_tiny_pipeline(tiny_pipeline_dir: Callable[..., str]) -> Callable[..., A
 
     Fresh on every call, so a test may patch attention processors or schedulers freely.
     """
-    from lotts.testing import pipeline_class
+    from lotts.tiny_pipelines import pipeline_class
 
     def load(kind: str, seed: int = 0, scheduler: str | None = None) -> Any:
         path = tiny_pipeline_dir(kind, seed=seed, scheduler=scheduler)

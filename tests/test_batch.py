@@ -10,9 +10,11 @@ from dataclasses import dataclass
 import pytest
 from PIL import Image
 
-from lotts import batch
-from lotts.batch import (Manifest, ManifestConflictError, PromptFileError, PromptItem, RunSpec,
-                         derive_seed, read_prompts, run_batch)
+from lotts.errors import ManifestConflictError, PromptFileError
+from lotts.runs.files import TMP_MARK, safe_name
+from lotts.runs.manifest import Manifest, RunSpec, read_jsonl
+from lotts.runs.prompts import PromptItem, prompt_seed, read_prompts
+from lotts.runs.runner import run_batch
 from tests.test_report import fake_result, single_thread  # noqa: F401 (autouse)
 
 VOLATILE = ("seconds", "versions", "rank")  # legitimately differ between runs
@@ -84,8 +86,8 @@ def test_bad_prompt_files_raise_one_clear_error(tmp_path, name, text, message):
 # ----- seeds, hashes, names --------------------------------------------------------------------
 def test_seeds_depend_only_on_global_seed_and_prompt_id():
     digest = hashlib.sha256(b"lotts-seed:[0, 0]").digest()
-    assert derive_seed(0, 0) == int.from_bytes(digest[:8], "big") % 2**31 == 967387407  # pinned
-    seeds = {derive_seed(s, i) for s in (0, 1) for i in (0, 1, "0", "a")}
+    assert prompt_seed(0, 0) == int.from_bytes(digest[:8], "big") % 2**31 == 967387407  # pinned
+    seeds = {prompt_seed(s, i) for s in (0, 1) for i in (0, 1, "0", "a")}
     assert len(seeds) == 8 and all(0 <= s < 2**31 for s in seeds)
 
 
@@ -98,10 +100,10 @@ def test_config_hash_is_canonical_and_sensitive():
 
 
 def test_safe_names_never_collide():
-    assert batch.safe_name(7) == "00007"
-    assert batch.safe_name("ok-id_1.2") == "ok-id_1.2"
-    assert batch.safe_name("a/b") != batch.safe_name("a_b") and "/" not in batch.safe_name("a/b")
-    assert not batch.safe_name("..").startswith(".")
+    assert safe_name(7) == "00007"
+    assert safe_name("ok-id_1.2") == "ok-id_1.2"
+    assert safe_name("a/b") != safe_name("a_b") and "/" not in safe_name("a/b")
+    assert not safe_name("..").startswith(".")
 
 
 # ----- manifest -------------------------------------------------------------------------------
@@ -116,7 +118,7 @@ def test_manifest_merges_parts_sorted_and_tolerates_a_torn_line(tmp_path):
     assert [r["id"] for r in manifest.records()] == [1, 3, "b"]
     merged = manifest.merge()
     assert [(r["id"], r["x"]) for r in merged] == [(1, 2), (3, 1), ("b", 1)]
-    assert manifest.parts() == [] and batch.read_jsonl(manifest.path) == merged
+    assert manifest.parts() == [] and read_jsonl(manifest.path) == merged
 
 
 def test_manifest_of_another_run_is_refused(tmp_path):
@@ -135,12 +137,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
         run_batch(CountingSampler(fail_at="prompt 2"), ITEMS, out, SPEC, quiet=True,
                   save_candidates=True)
     assert [r["id"] for r in Manifest(out).records()] == [0, 1]
-    (out / "images" / f"00002{batch.TMP_MARK}999.png").write_bytes(b"half")  # a killed write
+    (out / "images" / f"00002{TMP_MARK}999.png").write_bytes(b"half")  # a killed write
     second = CountingSampler()
     resumed = run_batch(second, ITEMS, out, SPEC, quiet=True, save_candidates=True)
     assert second.calls == ["prompt 2", "prompt 3", "prompt 4"], "done prompts are skipped"
     assert stable(resumed) == stable(reference)
-    assert not list(out.rglob(f"*{batch.TMP_MARK}*"))
+    assert not list(out.rglob(f"*{TMP_MARK}*"))
     for record in resumed:
         assert Image.open(out / record["image"]).size == (32, 32)
         assert (out / record["grid"]).is_file()
@@ -181,8 +183,8 @@ def test_leftover_shards_of_a_killed_sharded_run_are_merged_on_resume(tmp_path):
 def test_record_fields(tmp_path):
     records = run_batch(CountingSampler(), ITEMS[:1], tmp_path, SPEC, quiet=True)
     record = records[0]
-    result = fake_result(derive_seed(7, 0), "prompt 0")
-    assert record["seed"] == derive_seed(7, 0)
+    result = fake_result(prompt_seed(7, 0), "prompt 0")
+    assert record["seed"] == prompt_seed(7, 0)
     assert record["seeds"] == [c.seed for c in result.candidates]
     assert record["scores"]["fake"] == [c.score for c in result.candidates]
     assert record["selected"] == result.selected and record["nfe"] == result.cost.nfe

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from lotts import LoTTSConfig
-from lotts.batch import derive_seed, read_jsonl
-from lotts.cli import build_parser, config_from_args, main
+from lotts.cli import build_parser, main
+from lotts.cli.options import config_from_args
+from lotts.runs.manifest import read_jsonl
+from lotts.runs.prompts import prompt_seed
 from tests.test_report import single_thread  # noqa: F401 (autouse fixture)
 
 FAST = ["--steps", "4", "--height", "32", "--width", "32", "--num-seeds", "2",
@@ -123,14 +125,14 @@ def test_generate_writes_images_manifests_report_and_compare(both_runs):
     best = read_jsonl(out / "best-of-n" / "manifest.jsonl")
     assert [r["id"] for r in lotts] == [r["id"] for r in best] == ["cat", "dog"]
     for record in lotts:
-        seed = derive_seed(0, record["id"])
+        seed = prompt_seed(0, record["id"])
         assert record["seeds"][:2] == [seed, seed + 1] and record["parents"] == [None, None, 0, 1]
         assert set(record["scores"]) == {"stat-colorfulness", "stat-contrast", "stat-sharpness"}
         assert all(len(v) == 4 for v in record["scores"].values())
         assert record["nfe"] == LoTTSConfig(num_seeds=2, num_refinements=1).lotts_nfe(4, "sd")
         assert (out / "lotts" / record["grid"]).is_file()
     for record in best:
-        assert record["seeds"] == [derive_seed(0, record["id"]) + j for j in range(4)]
+        assert record["seeds"] == [prompt_seed(0, record["id"]) + j for j in range(4)]
         assert record["nfe"] == 4 * 4 * 2  # N = LoTTS's candidate count, guided steps
     html = (out / "report.html").read_text()
     assert "a dog in the snow" in html and "best-of-n / lotts" in html

@@ -12,8 +12,8 @@ from lotts.localization import (
     quality_spans,
     token_positions,
 )
+from lotts.offline_tokenizers import clip_tokenizer, t5_tokenizer
 from lotts.resampling import soften
-from lotts.testing import clip_tokenizer, t5_tokenizer
 from tests.test_sampler_support import (
     PROMPT,
     _one_thread,  # noqa: F401 (autouse fixture)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lotts.batch import TMP_MARK, Manifest, read_jsonl
 from lotts.cli import main
+from lotts.runs.files import TMP_MARK
+from lotts.runs.manifest import Manifest, read_jsonl
 from tests.test_report import single_thread  # noqa: F401 (autouse: one thread, as the subprocesses)
 
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None,

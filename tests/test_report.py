@@ -12,8 +12,11 @@ import torch
 from PIL import Image
 
 from lotts import report
-from lotts.batch import PromptItem, RunSpec, StatisticVerifier, run_batch
 from lotts.result import Candidate, Cost, LoTTSResult
+from lotts.runs.manifest import RunSpec
+from lotts.runs.prompts import PromptItem
+from lotts.runs.runner import run_batch
+from lotts.verifiers.statistics import StatisticVerifier
 
 
 @pytest.fixture(autouse=True, scope="module")

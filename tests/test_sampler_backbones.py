@@ -45,7 +45,8 @@ def test_candidates_and_their_records(runs) -> None:
     n, k = CONFIG.num_seeds, CONFIG.num_refinements
     assert isinstance(result, LoTTSResult) and result.method == "lotts"
     assert len(result.candidates) == n * (1 + k)
-    grid = detect_backbone(runs["pipe"]).mask_grid(detect_backbone(runs["pipe"]).settings(call_kwargs(runs["kind"])))
+    backbone = detect_backbone(runs["pipe"])
+    grid = backbone.mask_grid(backbone.settings(call_kwargs(runs["kind"])))
     for i, cand in enumerate(result.candidates):
         assert cand.image.size == (64, 64)
         assert cand.nfe > 0
@@ -123,4 +124,5 @@ def test_originals_are_the_pipelines_own_images(runs) -> None:
     pipe, kind = runs["pipe"], runs["kind"]
     generator = torch.Generator().manual_seed(7)
     own = pipe(PROMPT, generator=generator, output_type="latent", **call_kwargs(kind)).images
-    torch.testing.assert_close(own, runs["result"].candidates[0].latents, rtol=1e-4, atol=1e-4)  # batch 1 vs 2
+    # batch 1 (own) vs batch 2 (LoTTS)
+    torch.testing.assert_close(own, runs["result"].candidates[0].latents, rtol=1e-4, atol=1e-4)

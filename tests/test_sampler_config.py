@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from lotts import LoTTSConfig
-from lotts.config import derive_seed
+from lotts.config import stream_seed
 
 
 @pytest.mark.parametrize("field,value", [
@@ -60,9 +60,9 @@ def test_nfe_budget_and_matched_best_of_n() -> None:
 
 
 def test_derived_seeds_are_stable() -> None:
-    assert derive_seed(0, "refine", 3) == derive_seed(0, "refine", 3)
-    assert derive_seed(0, "refine", 3) != derive_seed(0, "refine", 4)
-    assert 0 <= derive_seed(2**62, "x") < 2**63
+    assert stream_seed(0, "refine", 3) == stream_seed(0, "refine", 3)
+    assert stream_seed(0, "refine", 3) != stream_seed(0, "refine", 4)
+    assert 0 <= stream_seed(2**62, "x") < 2**63
 
 
 def test_fractional_t0_always_lands_inside_a_short_schedule():

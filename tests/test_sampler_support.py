@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from lotts.testing import pipeline_class, save_tiny_pipeline, tiny_call_kwargs
+from lotts.tiny_pipelines import pipeline_class, save_tiny_pipeline, tiny_call_kwargs
 
 PROMPT = "a kitten playing with yarn"
 STEPS = 4

@@ -1,4 +1,5 @@
-"""The offline tiny pipelines and tokenizers of ``lotts.testing`` that other tests build on."""
+"""The offline tiny pipelines (``lotts.tiny_pipelines``) and tokenizers
+(``lotts.offline_tokenizers``) that other tests build on."""
 
 from __future__ import annotations
 
@@ -8,15 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from lotts.testing import (
-    KINDS,
-    build_tiny_pipeline,
-    clip_tokenizer,
-    pipeline_class,
-    t5_tokenizer,
-    tiny_call_kwargs,
-    train_t5_unigram_vocab,
-)
+from lotts.offline_tokenizers import clip_tokenizer, t5_tokenizer
+from lotts.tiny_pipelines import KINDS, build_tiny_pipeline, pipeline_class, tiny_call_kwargs
+from tools.train_t5_vocab import train_t5_unigram_vocab
 
 PROMPT = "A high-quality image of a cat."
 LATENT_SHAPES = {"sd": (1, 4, 8, 8), "sdxl": (1, 4, 8, 8), "flux": (1, 16, 64)}

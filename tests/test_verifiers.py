@@ -251,7 +251,8 @@ def assert_behaves(verifier, prompts=PROMPTS):
 
 def test_available_verifiers():
     assert available_verifiers() == ["aesthetic", "clipscore", "hpsv2", "image-reward",
-                                     "pickscore", "world-clean-a", "world-clean-b"]
+                                     "pickscore", "stat-colorfulness", "stat-contrast",
+                                     "stat-sharpness", "world-clean-a", "world-clean-b"]
 
 
 def test_check_scores_accepts_and_normalises():

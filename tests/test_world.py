@@ -79,7 +79,7 @@ def _two_shape_scene():
 
 
 def test_grounding_finds_the_quality_and_shape_words():
-    from lotts.testing import clip_tokenizer
+    from lotts.offline_tokenizers import clip_tokenizer
     from lotts.world.grounding import GroupTokens
     tok = clip_tokenizer()
     scene = _two_shape_scene()
@@ -155,6 +155,7 @@ def test_grounding_loss_pools_regions_for_coarse_layers_in_row_major_order():
 
 def test_cross_attention_recorder_matches_the_default_processor():
     from diffusers.models.attention_processor import AttnProcessor2_0
+
     from lotts.world.grounding import install_recorder
     from lotts.world.train import build_unet_and_text
     torch.manual_seed(0)
@@ -279,11 +280,12 @@ def test_world_eval_smoke():
 def test_training_script_runs_every_stage_at_a_tiny_scale_and_refuses_a_mismatched_resume(tmp_path):
     import json
 
+    from lotts.errors import WorldTrainingError
     from lotts.world import train
     from lotts.world.evaluate import load_pipeline
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     argv = ["--scale", "0.004", "--out", str(out), "--ckpt", str(ckpt), "--threads", "1"]
-    train.main(argv)
+    assert train.main(argv) == 0
     log = json.loads((out / "train_log.json").read_text())
     stage = log["vae_diffusion_verifiers"]
     assert stage["diffusion_steps"] == 12 and np.isfinite(stage["denoising_final_loss"])
@@ -296,6 +298,7 @@ def test_training_script_runs_every_stage_at_a_tiny_scale_and_refuses_a_mismatch
     # float16 files that a plain from_pretrained loads as float32 throughout (issue 12, item 2)
     assert json.loads((out / "pipeline" / "text_encoder" / "config.json").read_text())["dtype"] == "float32"
     assert pipe.text_encoder.dtype == pipe.unet.dtype == torch.float32
-    with pytest.raises(SystemExit, match="latents"):  # the cache belongs to another data set
-        train.main(["--scale", "0.005", "--out", str(out), "--ckpt", str(ckpt), "--threads", "1",
-                    "--stages", "diffusion"])
+    mismatched = ["--scale", "0.005", "--out", str(out), "--ckpt", str(ckpt), "--threads", "1",
+                  "--stages", "diffusion"]
+    with pytest.raises(WorldTrainingError, match="latents"):  # the cache is another data set's
+        train.run_training(mismatched)

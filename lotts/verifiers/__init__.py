@@ -35,6 +35,10 @@ _BUILTINS = {
     # "module:function" entries: one module serving several names
     "world-clean-a": "lotts.verifiers.world:load_a",
     "world-clean-b": "lotts.verifiers.world:load_b",
+    # weight-free stand-ins for demos and tests (lotts.verifiers.statistics)
+    "stat-colorfulness": "lotts.verifiers.statistics:load_colorfulness",
+    "stat-sharpness": "lotts.verifiers.statistics:load_sharpness",
+    "stat-contrast": "lotts.verifiers.statistics:load_contrast",
 }
 # File-name hints for a bare path given as the spec (checked in this order).
 _PATH_HINTS = (("imagereward", "image-reward"), ("hps", "hpsv2"), ("pickscore", "pickscore"),

@@ -4,7 +4,7 @@ ablations), scaling against Best-of-N, and faithfulness outside the mask.
 Everything runs through the public sampler (``LoTTS``, ``best_of_n``) and the library's own
 localization pieces; the ablations re-read the same attention capture the library uses and
 only change how equations (1)-(4) combine its maps. ``benchmarks/world_eval.py`` is the command;
-the fixed prompts and seeds are in ``benchmarks/world_eval_spec.json``.
+the fixed prompts and seeds are in ``lotts/world/assets/world_eval_spec.json``.
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from lotts.world import scenes
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 PIPELINE_DIR = ASSETS / "pipeline"
+SPEC_FILE = ASSETS / "world_eval_spec.json"
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ("full", "no_propagation", "diff_only", "orig_only", "random")
 
 
@@ -38,8 +40,14 @@ def load_pipeline(path: Optional[str | Path] = None, device: str = "cpu",
 
 
 def load_spec(path: Optional[str | Path] = None) -> dict:
-    root = Path(__file__).resolve().parents[2]
-    return json.loads(Path(path or root / "benchmarks" / "world_eval_spec.json").read_text())
+    """The fixed evaluation inputs (shipped as package data, so an installed lotts has them)."""
+    return json.loads(Path(path or SPEC_FILE).read_text())
+
+
+def packaged_path(relative: str) -> Path:
+    """A path the spec names ("lotts/world/assets/pipeline"), relative to the folder holding
+    the lotts package: the checkout, or site-packages after a non-editable install."""
+    return PACKAGE_ROOT / relative
 
 
 # ----- metrics -------------------------------------------------------------------------------
@@ -106,10 +114,15 @@ class Localizer:
     def __call__(self, image: Image.Image, prompt: str, seed: int,
                  random_seed: int = 0) -> dict[str, np.ndarray]:
         from lotts.backbones import Run
-        from lotts.config import derive_seed
-        from lotts.localization import (contrast_maps, localization_capture,
-                                        localization_inputs, mask_from_capture, propagate_maps,
-                                        resize_maps)
+        from lotts.config import stream_seed
+        from lotts.localization import (
+            contrast_maps,
+            localization_capture,
+            localization_inputs,
+            mask_from_capture,
+            propagate_maps,
+            resize_maps,
+        )
         from lotts_kernels import quality_mask
 
         backbone, settings, config = self.backbone, self.settings, self.config
@@ -118,7 +131,7 @@ class Localizer:
         steps = config.resolved(backbone.name, run.num_steps)
         loc_cond, tokens = localization_inputs(backbone, settings, prompt, config)
         x0 = backbone.encode_image(image, settings)
-        seeds = [derive_seed(seed, "localize", 0)]
+        seeds = [stream_seed(seed, "localize", 0)]
         capture = localization_capture(run, x0, seeds, steps.localization_step, loc_cond, tokens)
         grid = backbone.mask_grid(settings)
         library = mask_from_capture(capture, 1, grid, config.lam, config.mask_ratio)
@@ -209,7 +222,7 @@ def scaling_eval(pipe, prompts: list[dict], ns: list[int], pipe_kwargs: dict, se
         res = lotts(prompt, seed=seed, **pipe_kwargs)
         held_scores = held([c.image for c in res.candidates], prompt).numpy()
         originals = [i for i, c in enumerate(res.candidates) if c.parent is None]
-        for i, c in enumerate(res.candidates):
+        for c in res.candidates:
             if c.parent is not None and c.mask is not None:
                 out, inside = _outside_change(c.image, res.candidates[c.parent].image, c.mask)
                 faithful.append((out, inside))

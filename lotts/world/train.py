@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lotts.errors import WorldTrainingError
 from lotts.world import grounding, scenes
 from lotts.world.verifier_models import build_verifier, images_to_tensor
 
@@ -126,7 +127,8 @@ def train_vae(images: np.ndarray, cfg: dict, seed: int, out: Path, state: dict):
     rng = np.random.default_rng(seed)
     steps, t0, losses = cfg["steps"], time.time(), []
     for step in range(steps):
-        lr = cfg["lr"] * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        lr = cfg["lr"] * min(1.0, (step + 1) / 50) * cosine
         for g in opt.param_groups:
             g["lr"] = lr
         idx = rng.integers(0, len(images), cfg["batch"])
@@ -201,7 +203,7 @@ def train_diffusion(latents, latent_std, ids, group_tokens, regions, cfg, seed, 
     if (ckpt / "diffusion.pt").exists():
         blob = torch.load(ckpt / "diffusion.pt", weights_only=False)
         if blob.get("identity") != identity:
-            raise SystemExit(f"{ckpt / 'diffusion.pt'} was made by a different model, data set or "
+            raise WorldTrainingError(f"{ckpt / 'diffusion.pt'} was made by a different model, data set or "
                              f"schedule ({blob.get('identity')}); use --fresh or another --ckpt")
         unet.load_state_dict(blob["unet"]), text.load_state_dict(blob["text"])
         opt.load_state_dict(blob["opt"])
@@ -285,7 +287,8 @@ def train_diffusion(latents, latent_std, ids, group_tokens, regions, cfg, seed, 
 
 def save_pipeline(vae, unet, text, out: Path):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
-    from lotts.testing import clip_tokenizer
+
+    from lotts.offline_tokenizers import clip_tokenizer
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(),
                                    unet=unet, scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
                                    safety_checker=None, feature_extractor=None,
@@ -384,7 +387,17 @@ def export_checkpoint(ckpt: Path, out: Path):
 
 
 # ----- main ----------------------------------------------------------------------------------
-def main(argv=None):
+def main(argv=None) -> int:
+    """The command line; a cache or checkpoint it cannot use ends with one message, exit 2."""
+    try:
+        run_training(argv)
+    except WorldTrainingError as error:
+        print(f"lotts.world.train: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_training(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ASSETS)
     parser.add_argument("--ckpt", type=Path, default=CKPT)
@@ -443,12 +456,12 @@ def main(argv=None):
         if cache.exists():
             latents, latent_std = torch.load(cache)
             if len(latents) != len(images):
-                raise SystemExit(f"{cache} holds {len(latents)} latents for {len(images)} examples "
-                                 "(another --scale?); use --fresh or another --ckpt")
+                raise WorldTrainingError(f"{cache} holds {len(latents)} latents for {len(images)} "
+                                         "examples (another --scale?); use --fresh or another --ckpt")
         else:
             latents, latent_std = encode_all(vae, images)
             torch.save((latents, latent_std), cache)
-        from lotts.testing import clip_tokenizer
+        from lotts.offline_tokenizers import clip_tokenizer
         tok = clip_tokenizer()
         templated = [(scenes.LOW_QUALITY if d else scenes.HIGH_QUALITY).format(c)
                      for c, d in zip(captions, defective)]
@@ -485,4 +498,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

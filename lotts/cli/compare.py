@@ -1,0 +1,28 @@
+"""``lotts compare``: a side-by-side markdown table of two run directories."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lotts.cli.jobs import reported_as
+
+HELP = "side-by-side table of two runs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir_a", type=Path)
+    parser.add_argument("dir_b", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="markdown file (default compare.md)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lotts.report import compare_runs
+
+    with reported_as("cannot compare runs"):
+        text = compare_runs(args.dir_a, args.dir_b)
+    print(text, end="")
+    out = args.out or Path("compare.md")
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
