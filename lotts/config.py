@@ -60,9 +60,13 @@ class ResolvedConfig:
         return self.num_steps - self.global_steps
 
 
-def _setting(default: Any, help: str) -> Any:
-    """A LoTTSConfig field whose help text serves the docstring and the CLI's --help alike."""
-    return field(default=default, metadata={"help": help})
+def _setting(default: Any, help: str, choices: Optional[tuple[str, ...]] = None) -> Any:
+    """A LoTTSConfig field whose help text (and allowed values, where a few strings are) serves
+    the docstring and the CLI's --help alike."""
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -89,10 +93,10 @@ class LoTTSConfig:
     token_selection: str = _setting(
         "content", '"content" (non-special tokens), "quality" (only the words that differ '
         "between the two templates; the original prompt uses its content tokens) or \"all\" "
-        "(every non-padding token).")
+        "(every non-padding token).", choices=TOKEN_SELECTIONS)
     search: str = _setting(
         "siblings", '"siblings" (k refinements of each original) or "chain" (k levels, each '
-        "refining the seed's best-scored candidate so far, re-localized).")
+        "refining the seed's best-scored candidate so far, re-localized).", choices=SEARCHES)
     soft_mask_sigma: float = _setting(
         0.0, "Gaussian feathering of the mask in latent positions (0: hard mask).")
     refine_batch_size: Optional[int] = _setting(

@@ -133,7 +133,7 @@ def test_generate_writes_images_manifests_report_and_compare(both_runs):
         assert (out / "lotts" / record["grid"]).is_file()
     for record in best:
         assert record["seeds"] == [prompt_seed(0, record["id"]) + j for j in range(4)]
-        assert record["nfe"] == 4 * 4 * 2  # N = LoTTS's candidate count, guided steps
+        assert record["nfe"] == 4 * 4 * 2  # N = 4 matches LoTTS's 30 NFE, guided steps
     html = (out / "report.html").read_text()
     assert "a dog in the snow" in html and "best-of-n / lotts" in html
     assert "| total NFE |" in (out / "compare.md").read_text()
