@@ -11,6 +11,9 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
+# Maintenance tools that live in the package tree of a checkout but are not shipped: retraining
+# the miniature world (`python -m lotts.world.train`, which the tests also run).
+NOT_SHIPPED = {("lotts.world", "train")}
 
 
 def read_version() -> str:
@@ -19,7 +22,12 @@ def read_version() -> str:
 
 
 class BuildPyWithCudaSources(build_py):
-    """Copy the top-level ``csrc/`` into ``lotts_kernels/csrc`` of the built package."""
+    """Copy the top-level ``csrc/`` into ``lotts_kernels/csrc`` of the built package, and leave
+    the maintenance modules of :data:`NOT_SHIPPED` out of it."""
+
+    def find_package_modules(self, package: str, package_dir: str) -> list:
+        modules = super().find_package_modules(package, package_dir)
+        return [m for m in modules if (m[0], m[1]) not in NOT_SHIPPED]
 
     def run(self) -> None:
         super().run()
@@ -37,7 +45,8 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.9",
+    # torch 2.9+ (CI pins 2.13) and transformers 5 need Python 3.10; mypy checks against 3.10.
+    python_requires=">=3.10",
     packages=find_packages(include=["lotts", "lotts.*", "lotts_kernels", "lotts_kernels.*"]),
     # The CUDA sources travel inside the wheel (see BuildPyWithCudaSources) so the lazy build
     # finds them after a non-editable install too.
@@ -51,13 +60,14 @@ setup(
         "transformers>=4.40",
         "accelerate>=0.30",
         "numpy",
-        "pillow",
+        "pillow>=9.1",
         "safetensors",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"],
-        "dev": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "ruff", "ninja"],
+        "dev": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "ruff", "mypy", "ninja"],
     },
     entry_points={"console_scripts": ["lotts = lotts.cli:main"]},
-    classifiers=["Programming Language :: Python :: 3", "Operating System :: OS Independent"],
+    classifiers=["Programming Language :: Python :: 3", "Programming Language :: Python :: 3.10",
+                 "Operating System :: OS Independent"],
 )

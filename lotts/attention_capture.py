@@ -19,10 +19,11 @@ What is kept, in constant memory however many layers run:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -55,13 +56,21 @@ class AttentionCapture:
     token_index (R, T) int64 and token_weight (R, T) float: per batch row, the key positions of
     that row's selected prompt tokens and 1/0 weights (0 pads rows with fewer tokens).
     keep_rows: rows whose q/k feed the self-attention propagation. grid: the latent grid
-    (UNet) or the token grid (FLUX). mode: "unet" or "flux".
+    (UNet) or the token grid (FLUX). mode: "unet" or "flux". self_attention_blocks (FLUX):
+    (first, last) double-stream block indices whose q/k are kept for eq. (2), e.g. (15, 18) as
+    ConceptAttention; None keeps every double-stream block. Kept q/k are what grows with the
+    layers (about 53 MB per image per FLUX block at 1024 px in bf16): ``peak_kept_bytes``.
     """
 
     def __init__(self, token_index: torch.Tensor, token_weight: torch.Tensor,
-                 keep_rows: torch.Tensor, grid: tuple[int, int], mode: str) -> None:
+                 keep_rows: torch.Tensor, grid: tuple[int, int], mode: str,
+                 self_attention_blocks: Optional[tuple[int, int]] = None) -> None:
         if mode not in ("unet", "flux"):
             raise ValueError(f"mode must be 'unet' or 'flux', got {mode!r}")
+        if self_attention_blocks is not None and mode != "flux":
+            raise ValueError("self_attention_blocks selects FLUX double-stream blocks; UNets use "
+                             "their finest self-attention layers")
+        self.self_attention_blocks = self_attention_blocks
         self.token_index = token_index
         self.token_weight = token_weight.float() / token_weight.float().sum(1, keepdim=True)
         self.keep_rows = keep_rows
@@ -91,6 +100,7 @@ class AttentionCapture:
         self.map_layers = 0
         self.kept: list[_KeptLayer] = []
         self.kept_queries = 0
+        self.peak_kept_bytes = 0
         self.layers_seen: list[str] = []
 
     # ----- the processor ----------------------------------------------------------------------
@@ -125,6 +135,8 @@ class AttentionCapture:
                                      attention_mask=attention_mask, **extra)
 
     # ----- UNet: mirrors diffusers' AttnProcessor2_0 ------------------------------------------
+    # Adapted from diffusers diffusers.models.attention_processor.AttnProcessor2_0, 0.42.1
+    # (its __call__, with the attention itself handed to `attend`).
     def _unet(self, name, attn, hidden_states, encoder_hidden_states, temb, attend):
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -168,6 +180,8 @@ class AttentionCapture:
         return F.scaled_dot_product_attention(query, key, value)
 
     # ----- FLUX: mirrors diffusers' FluxAttnProcessor (double-stream blocks) ------------------
+    # Adapted from diffusers diffusers.models.transformers.transformer_flux.FluxAttnProcessor, 0.42.1
+    # (its __call__ for blocks with added_kv_proj_dim, without an attention mask).
     def _flux_joint(self, name, attn, hidden_states, encoder_hidden_states, attention_mask,
                     image_rotary_emb):
         if attention_mask is not None:
@@ -180,10 +194,13 @@ class AttentionCapture:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         text_len = encoder_hidden_states.shape[1]
-        q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # (B, H, L, D)
+        # (B, H, L, D) made contiguous: the ops are fast on that layout, and a transposed view
+        # made the reference multiply small query chunks against a strided key (8x slower).
+        q, k, v = (x.transpose(1, 2).contiguous() for x in (query, key, value))
         out, maps = attention_with_token_maps(q, k, v, self._rows_index(q))
         self._add_maps(maps[:, text_len:], self.grid)
-        self._keep(name, q[:, :, text_len:], k, text_len)
+        if self._feeds_self_attention(name):
+            self._keep(name, q[:, :, text_len:], k, text_len)
         out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
         encoder_out, out = out.split_with_sizes([text_len, out.shape[1] - text_len], dim=1)
         out = attn.to_out[1](attn.to_out[0](out.contiguous()))
@@ -216,8 +233,20 @@ class AttentionCapture:
         if num_queries > self.kept_queries:
             self.kept, self.kept_queries = [], num_queries
         rows = self.keep_rows.to(query.device)
+        # index_select copies only the original-prompt rows, in the compute dtype of the layer.
         self.kept.append(_KeptLayer(name, query.index_select(0, rows), key.index_select(0, rows),
                                     text_len))
+        kept = sum(layer.query.nbytes + layer.key.nbytes for layer in self.kept)
+        self.peak_kept_bytes = max(self.peak_kept_bytes, kept)
+
+    def _feeds_self_attention(self, name: str) -> bool:
+        """FLUX: whether double-stream block `name` ("transformer_blocks.<i>.attn") is one of
+        ``self_attention_blocks``."""
+        if self.self_attention_blocks is None:
+            return True
+        match = re.match(r"transformer_blocks\.(\d+)\.", name)
+        first, last = self.self_attention_blocks
+        return match is not None and first <= int(match.group(1)) <= last
 
     # ----- results ----------------------------------------------------------------------------
     def cross_maps(self) -> torch.Tensor:
@@ -229,7 +258,9 @@ class AttentionCapture:
     def propagate(self, columns: torch.Tensor) -> torch.Tensor:
         """Eq. (2): mean over kept layers of SA @ columns; columns (B, h*w, C) on the SA grid."""
         if not self.kept:
-            raise RuntimeError("no self-attention layer ran during the capture")
+            blocks = self.self_attention_blocks
+            raise RuntimeError("no self-attention layer ran during the capture"
+                               + (f" (self_attention_blocks {blocks})" if blocks else ""))
         total = None
         for layer in self.kept:
             maps = columns
@@ -259,6 +290,8 @@ def _resize(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps, size=grid, mode="bilinear", align_corners=False)
 
 
+# Adapted from diffusers diffusers.models.transformers.transformer_flux._get_qkv_projections, 0.42.1
+# (with FluxAttnProcessor's normalization and text-first concatenation).
 def _flux_projections(attn, hidden_states, encoder_hidden_states):
     """Joint (text first) q, k, v of a FLUX double-stream block, (B, L, H, D), normalized."""
     if getattr(attn, "fused_projections", False):

@@ -65,6 +65,7 @@ class Measurement:
     verifier_calls: int
     phases: dict[str, float] = field(default_factory=dict)
     extrapolated: bool = False
+    capture_peak_mb: float = 0.0  # q/k the localization capture kept (LoTTS only)
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,15 +88,19 @@ def _construct_on(device: str, dtype: Any) -> Iterator[None]:
 
 def build_pipeline(backbone: BenchSetting, scale: str, device: str, dtype: Any) -> Any:
     """The backbone's pipeline: tiny test components, or the published architectures with
-    random weights. Tokenizers and scheduler come from ``lotts.tiny_pipelines`` (the real CLIP
-    vocabulary; the T5 tokenizer is a small stand-in, which only shortens nothing: FLUX pads
-    to ``max_sequence_length`` anyway)."""
+    random weights. Tokenizers come from ``lotts.tiny_pipelines`` (the real CLIP vocabulary;
+    the T5 tokenizer is a small stand-in, which only shortens nothing: FLUX pads to
+    ``max_sequence_length`` anyway), schedulers from the modelled checkpoint's config."""
+    import diffusers
     import torch
 
     from lotts import model_configs
     from lotts.tiny_pipelines import build_tiny_pipeline, pipeline_class
 
     tiny = build_tiny_pipeline(backbone.kind, seed=0)
+    if backbone.name in model_configs.BENCH_SCHEDULERS:  # the modelled checkpoint's own schedule
+        class_name, config = model_configs.BENCH_SCHEDULERS[backbone.name]
+        tiny.scheduler = getattr(diffusers, class_name).from_config(config)
     if scale == "tiny":  # built in float32; cast only when asked for another dtype
         return tiny.to(device) if dtype == torch.float32 else tiny.to(device=device, dtype=dtype)
     components = dict(tiny.components)
@@ -172,7 +177,8 @@ def measure(label: str, backbone: BenchSetting, n: int, run: Any) -> Measurement
     seconds = synced_timer() - start
     cost = result.cost
     return Measurement(backbone.name, label, n, int(cost.nfe), seconds, int(cost.verifier_calls),
-                       {k: float(v) for k, v in dict(cost.seconds).items()})
+                       {k: float(v) for k, v in dict(cost.seconds).items()},
+                       capture_peak_mb=getattr(cost, "capture_peak_bytes", 0) / 2**20)
 
 
 def bench_backbone(backbone: BenchSetting, scale: str, device: str, dtype: Any,
@@ -264,8 +270,11 @@ def table(rows: Sequence[Measurement]) -> str:
 
 
 def phase_lines(rows: Sequence[Measurement]) -> list[str]:
+    """Per backbone: LoTTS's seconds by phase and the attention capture's peak kept q/k."""
     return [f"- {r.backbone} LoTTS seconds by phase: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in r.phases.items()) for r in rows if r.method == "lotts"]
+            + ", ".join(f"{k} {v:.2f}" for k, v in r.phases.items())
+            + f"; attention capture peak (kept q/k) {r.capture_peak_mb:.1f} MB"
+            for r in rows if r.method == "lotts"]
 
 
 def context(scale: str, device: str, dtype: Any, steps: Optional[int],

@@ -5,7 +5,8 @@ two are compared in one unit: same result type, same seeds for the originals, sa
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any, Optional, Union
 
 from lotts.config import LoTTSConfig
 from lotts.result import LoTTSResult

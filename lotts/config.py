@@ -105,6 +105,10 @@ class LoTTSConfig:
         None, "originals per pipeline call (None: all of a prompt's originals at once).")
     global_fraction: float = _setting(
         0.1, "share of the schedule run unmasked when global_steps is None.")
+    self_attention_blocks: Optional[tuple[int, int]] = _setting(
+        None, "FLUX only: (first, last) double-stream block indices whose self-attention feeds "
+        "eq. (2), e.g. (15, 18) as ConceptAttention; None: every double-stream block. Each "
+        "block kept holds q and k, about 53 MB per image at 1024 px in bf16.")
 
     def __post_init__(self) -> None:
         self._check_counts()
@@ -119,6 +123,13 @@ class LoTTSConfig:
             raise ValueError(f"num_refinements must be an int >= 0, got {self.num_refinements!r}")
         if self.global_steps is not None and (not _is_int(self.global_steps) or self.global_steps < 0):
             raise ValueError(f"global_steps must be None or an int >= 0, got {self.global_steps!r}")
+        blocks = self.self_attention_blocks
+        if blocks is not None:
+            if (not isinstance(blocks, (tuple, list)) or len(blocks) != 2
+                    or not all(_is_int(b) and b >= 0 for b in blocks) or blocks[0] > blocks[1]):
+                raise ValueError("self_attention_blocks must be None or (first, last) block "
+                                 f"indices with 0 <= first <= last, got {blocks!r}")
+            self.self_attention_blocks = (blocks[0], blocks[1])
         for name in ("refine_batch_size", "generate_batch_size"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
@@ -150,7 +161,7 @@ class LoTTSConfig:
                 or not all(isinstance(p, str) and p.count("{}") == 1 for p in prompts)):
             raise ValueError("quality_prompts must be two templates, each with one '{}', got "
                              f"{prompts!r}")
-        self.quality_prompts = tuple(prompts)
+        self.quality_prompts = (prompts[0], prompts[1])
         if self.token_selection not in TOKEN_SELECTIONS:
             raise ValueError(f"token_selection must be one of {TOKEN_SELECTIONS}, got "
                              f"{self.token_selection!r}")
@@ -158,7 +169,7 @@ class LoTTSConfig:
             raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
 
     # ----- resolution -------------------------------------------------------------------------
-    def with_overrides(self, **changes: object) -> LoTTSConfig:
+    def with_overrides(self, **changes: Any) -> LoTTSConfig:
         """A validated copy with some fields changed."""
         return replace(self, **changes)
 
@@ -189,7 +200,7 @@ class LoTTSConfig:
     def _layout(self, backbone: str, num_steps: int) -> tuple[Optional[ResolvedConfig], str]:
         """t0, global steps and localization step of a schedule, or why they do not fit."""
         # A fraction in [0, 1) always names a step of the schedule, however short it is.
-        t0 = self.t0 if _is_int(self.t0) else \
+        t0 = self.t0 if isinstance(self.t0, int) else \
             min(num_steps - 1, int(round(self.t0_fraction(backbone) * num_steps)))
         if t0 >= num_steps:
             return None, (f"t0 = {t0} lies beyond the schedule: it must be < "

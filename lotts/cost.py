@@ -6,9 +6,9 @@ batch dimension, host-side metadata: no device sync), not a formula.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 

@@ -30,6 +30,7 @@ class Localization:
 
     heatmap: torch.Tensor
     mask: torch.Tensor
+    capture_bytes: int = 0  # peak q/k the capture kept for eq. (2)
 
 
 # ----- prompts and tokens --------------------------------------------------------------------
@@ -80,10 +81,11 @@ def token_positions(tokenizer: Any, max_length: int, texts: list[str], selection
         valid = [i for i, a in enumerate(attention) if a]
         content = [i for i in valid if ids[i] not in special]
         chosen = valid if selection == "all" else content
-        if selection == "quality" and spans is not None and spans[r]:
+        row_spans = spans[r] if spans is not None else None
+        if selection == "quality" and row_spans:
             offsets = encoded["offset_mapping"][r]
             hits = [i for i in content if any(s < offsets[i][1] and offsets[i][0] < e
-                                              for s, e in spans[r])]
+                                              for s, e in row_spans)]
             chosen = hits or content
         if not chosen:
             raise ValueError(f"prompt {texts[r]!r} has no tokens to localize with")
@@ -117,19 +119,22 @@ def localization_inputs(backbone: Any, settings: Any, prompt: str, config: Any
 
 
 def localize(run: Any, x0: torch.Tensor, seeds: Sequence[int], step: int, lam: float,
-             ratio: float, cond: Any, tokens: tuple[torch.Tensor, torch.Tensor]) -> Localization:
+             ratio: float, cond: Any, tokens: tuple[torch.Tensor, torch.Tensor],
+             self_attention_blocks: Optional[tuple[int, int]] = None) -> Localization:
     """Masks for the images whose clean latents are `x0` (B, ...).
 
     run: a :class:`~lotts.backbones.Run`; step: the localization step; cond: the 3-row
     conditioning of (original, positive, negative); tokens: their (index, weight).
     """
-    capture = localization_capture(run, x0, seeds, step, cond, tokens)
+    capture = localization_capture(run, x0, seeds, step, cond, tokens, self_attention_blocks)
     return mask_from_capture(capture, x0.shape[0], run.backbone.mask_grid(run.settings), lam,
                              ratio)
 
 
 def localization_capture(run: Any, x0: torch.Tensor, seeds: Sequence[int], step: int, cond: Any,
-                         tokens: tuple[torch.Tensor, torch.Tensor]) -> AttentionCapture:
+                         tokens: tuple[torch.Tensor, torch.Tensor],
+                         self_attention_blocks: Optional[tuple[int, int]] = None
+                         ) -> AttentionCapture:
     """The one localization forward: x0 re-noised to `step`, the three prompts batched, and the
     attention it recorded (see :func:`localize` for the arguments)."""
     backbone, settings = run.backbone, run.settings
@@ -139,7 +144,8 @@ def localization_capture(run: Any, x0: torch.Tensor, seeds: Sequence[int], step:
     noisy = renoise(x0, alpha, sigma, seeds, everywhere).repeat_interleave(3, dim=0)
     index, weight = tokens
     capture = AttentionCapture(index.repeat(batch, 1), weight.repeat(batch, 1),
-                               torch.arange(0, 3 * batch, 3), grid, backbone.capture_mode)
+                               torch.arange(0, 3 * batch, 3), grid, backbone.capture_mode,
+                               self_attention_blocks)
     with capture.installed(backbone.denoiser):
         backbone.forward(run.scheduler_at(step), noisy, run.timesteps[step], cond.rows(batch),
                          settings)
@@ -171,7 +177,7 @@ def mask_from_capture(capture: AttentionCapture, batch: int, grid: tuple[int, in
         heat = resize_maps(heat.view(batch, 1, *sa_grid), grid).flatten(1)
         # Selection only: with lam = 0 and a constant second input, quality_mask ranks P itself.
         _, mask = quality_mask(heat, torch.zeros_like(heat), lam=0.0, ratio=ratio)
-    return Localization(heat.view(batch, *grid), mask.view(batch, *grid))
+    return Localization(heat.view(batch, *grid), mask.view(batch, *grid), capture.peak_kept_bytes)
 
 
 def resize_maps(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -138,6 +138,24 @@ BACKBONE_COMPONENTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     },
 }
 
+# stabilityai/stable-diffusion-2-1-base scheduler/scheduler_config.json: the 512 px base model
+# predicts epsilon (the 768 px stable-diffusion-2-1 predicts v). Shipped as PNDM, which cannot
+# restart at t0, so the benchmark steps DDIM from this same config, as the README advises users.
+SD21_BASE_SCHEDULER: dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+    prediction_type="epsilon",
+    trained_betas=None,
+)
+# Benchmark settings whose scheduler differs from the tiny pipelines' (class name, config).
+BENCH_SCHEDULERS = {"sd21": ("DDIMScheduler", SD21_BASE_SCHEDULER)}
+
 # Parameter counts of the published checkpoints (denoisers), to check the configs against.
 PUBLISHED_DENOISER_PARAMS = {"sd21": 865_910_724, "sdxl": 2_567_463_684, "flux": 11_901_408_320}
 

@@ -68,14 +68,14 @@ def colormap(values: np.ndarray) -> np.ndarray:
 def heatmap_image(heatmap: Any, size: tuple[int, int]) -> Image.Image:
     """The heatmap in colour, upsampled bilinearly to ``size`` (width, height)."""
     small = Image.fromarray(colormap(as_2d(heatmap)), "RGB")
-    return small.resize(size, Image.BILINEAR)
+    return small.resize(size, Image.Resampling.BILINEAR)
 
 
 def mask_image(mask: Any, size: tuple[int, int]) -> Image.Image:
     """The (binary or soft) mask as a grayscale image, upsampled with nearest neighbours so
     latent cells stay visible."""
     values = np.clip(as_2d(mask), 0.0, 1.0)
-    return Image.fromarray(np.rint(values * 255).astype(np.uint8), "L").resize(size, Image.NEAREST)
+    return Image.fromarray(np.rint(values * 255).astype(np.uint8), "L").resize(size, Image.Resampling.NEAREST)
 
 
 def _outline(inside: np.ndarray) -> np.ndarray:
@@ -131,7 +131,7 @@ def _layout(candidates: Sequence[Any]) -> list[list[tuple[str, int]]]:
 
 
 def _tile(image: Image.Image) -> Image.Image:
-    resample = Image.NEAREST if max(image.size) < TILE // 2 else Image.BICUBIC
+    resample = Image.Resampling.NEAREST if max(image.size) < TILE // 2 else Image.Resampling.BICUBIC
     return image.convert("RGB").resize((TILE, TILE), resample)
 
 
@@ -144,7 +144,7 @@ def _caption(index: int, candidate: Any, kind: str, score: Optional[float], scor
     return f"#{index} {detail}\n{value.strip()}"
 
 
-def candidate_grid(result: Any, scores: Optional[Sequence[float]] = None, title: str = "",
+def candidate_grid(result: Any, scores: Optional[Sequence[Optional[float]]] = None, title: str = "",
                    score_name: str = "score") -> Image.Image:
     """A PNG-ready grid of every candidate with its score, each refinement beside its parent
     overlaid with the refinement's heatmap and mask; the selected one framed in green."""
@@ -174,7 +174,8 @@ def candidate_grid(result: Any, scores: Optional[Sequence[float]] = None, title:
             grid.paste(_tile(picture), (x, y))
             if kind == "image" and index == int(result.selected):
                 draw.rectangle([x - 2, y - 2, x + TILE + 1, y + TILE + 1], outline=SELECTED_RGB, width=3)
-            score = None if scores is None or scores[index] is None else float(scores[index])
+            given = None if scores is None else scores[index]
+            score = None if given is None else float(given)
             text = _caption(index, candidate, kind, score, score_name)
             if kind == "image" and index == int(result.selected):
                 text += "  [selected]"

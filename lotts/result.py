@@ -60,6 +60,7 @@ class Cost:
     verifier_calls: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: {p: 0.0 for p in PHASES})
     nfe_by_phase: dict[str, int] = field(default_factory=lambda: {p: 0 for p in PHASES})
+    capture_peak_bytes: int = 0  # largest q/k set one localization forward kept (eq. 2)
 
     @property
     def total_seconds(self) -> float:

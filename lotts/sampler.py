@@ -18,15 +18,16 @@ removed/restored in ``finally`` blocks.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from PIL import Image
 
 from lotts.backbones import Backbone, Run, Settings, detect_backbone
+from lotts.backbones.callbacks import guidance_after_callback
 from lotts.config import LoTTSConfig, ResolvedConfig, stream_seed
 from lotts.cost import CostMeter
 from lotts.localization import Localization, localization_inputs, localize
@@ -81,7 +82,7 @@ def _as_rgb_of_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 def _prompts(prompt: Prompt) -> tuple[list[str], bool]:
     """(prompts, single) with every prompt a non-empty string."""
     single = isinstance(prompt, str)
-    prompts = [prompt] if single else list(prompt) if prompt is not None else []
+    prompts: list[Any] = [prompt] if single else list(prompt) if prompt is not None else []
     if not prompts:
         raise ValueError("prompt must be a non-empty string or a non-empty list of strings")
     for p in prompts:
@@ -232,6 +233,8 @@ class LoTTS:
                         localization_batch = localization_inputs(self.backbone, settings, prompt,
                                                                  config)
                     found = self._localize(run, plan, pool, parents, localization_batch)
+                meter.cost.capture_peak_bytes = max(meter.cost.capture_peak_bytes,
+                                                    found.capture_bytes)
                 self._refine(run, plan, pool, parents, found, per_parent, seed, meter,
                              record=level < levels - 1)
 
@@ -278,6 +281,8 @@ class LoTTS:
 
         def on_step_end(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             out = (user_callback(pipe, i, t, tensors) if user_callback is not None else None) or {}
+            if user_callback is not None and cache_from is not None and i + 1 == cache_from:
+                run.step_settings = guidance_after_callback(run, run.settings)  # entering t0
             if cached is not None and cache_from is not None and i + 1 >= cache_from:
                 cached.append(out.get("latents", tensors["latents"]))
             return out
@@ -317,7 +322,7 @@ class LoTTS:
         x0 = torch.cat([pool.candidates[p].latents for p in parents])
         seeds = [stream_seed(pool.candidates[p].seed, "localize", p) for p in parents]
         return localize(run, x0, seeds, plan.localization_step, self.config.lam,
-                        self.config.mask_ratio, cond, tokens)
+                        self.config.mask_ratio, cond, tokens, self.config.self_attention_blocks)
 
     # ----- 3. refine --------------------------------------------------------------------------
     def _refine(self, run: Run, plan: ResolvedConfig, pool: Pool, parents: list[int],
@@ -367,6 +372,11 @@ class LoTTS:
         """The call's settings, with the LoTTS config checked against its schedule up front."""
         settings = self.backbone.settings(pipe_kwargs)
         self.config.resolved(self.backbone.name, settings.num_inference_steps)
+        if self.config.num_refinements > 0:
+            self.backbone.check_callback_inputs(settings)
+        if self.config.self_attention_blocks is not None and self.backbone.capture_mode != "flux":
+            raise ValueError("self_attention_blocks selects FLUX double-stream blocks; "
+                             f"{type(self.pipe).__name__} uses its finest self-attention layers")
         return settings
 
     def _size_from(self, image: Union[Image.Image, torch.Tensor],

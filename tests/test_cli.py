@@ -251,3 +251,17 @@ def test_embedded_configs_match_published_parameter_counts(backbone, denoiser):
         model = model_configs.build_component(class_name, config)
     count = sum(p.numel() for p in model.parameters())
     assert count == model_configs.PUBLISHED_DENOISER_PARAMS[backbone]
+
+
+def test_bench_sd21_base_steps_the_base_models_own_epsilon_schedule():
+    """SD2.1-base predicts epsilon; the 768 px SD2.1's v-prediction scheduler is another model's."""
+    import torch
+
+    from lotts import bench
+
+    pipe = bench.build_pipeline(bench.BACKBONES["sd21"], "tiny", "cpu", torch.float32)
+    config = pipe.scheduler.config
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert config.prediction_type == "epsilon" and config.steps_offset == 1
+    assert (config.beta_start, config.beta_end, config.beta_schedule) == (0.00085, 0.012,
+                                                                         "scaled_linear")

@@ -214,7 +214,6 @@ def test_demo_sizes_best_of_n_by_matched_nfe_and_names_the_winner(demo_run):
     import json
 
     from lotts import LoTTSConfig
-
     from lotts.runs.manifest import read_jsonl
 
     spec = json.loads((demo_run / "best-of-n" / "run.json").read_text())["spec"]

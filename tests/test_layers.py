@@ -3,6 +3,8 @@ the names both the library and the CLI accept."""
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,36 @@ def test_lotts_takes_a_stand_in_verifier_by_name(load_tiny_pipeline):
                    config=LoTTSConfig(num_seeds=1, num_refinements=1))(
         "a cat", height=64, width=64, num_inference_steps=4)
     assert set(result.scores) == {"stat-sharpness"} and len(result.candidates) == 2
+
+
+MARKER = re.compile(r"Adapted from diffusers\s*(?:#\s*)?(diffusers\.[\w.]+), (\d+\.\d+\.\d+)")
+
+
+def replica_markers() -> dict[str, list[tuple[str, str]]]:
+    return {str(p.relative_to(ROOT)): MARKER.findall(p.read_text())
+            for p in (ROOT / "lotts").rglob("*.py") if MARKER.search(p.read_text())}
+
+
+def resolve(dotted: str) -> object:
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(dotted)
+
+
+def test_every_diffusers_replica_names_what_and_which_version_it_follows():
+    markers = replica_markers()
+    followed = {name for found in markers.values() for name, _ in found}
+    assert {"diffusers.models.attention_processor.AttnProcessor2_0",
+            "diffusers.models.transformers.transformer_flux.FluxAttnProcessor",
+            "diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl."
+            "StableDiffusionXLPipeline._get_add_time_ids",
+            "diffusers.pipelines.flux.pipeline_flux.FluxPipeline.__call__"} <= followed
+    for name in followed:
+        assert callable(resolve(name)), name  # still there in the installed diffusers

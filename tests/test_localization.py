@@ -112,6 +112,8 @@ def test_localize_marks_round_r_n_of_the_grid(kind: str, ratio: float) -> None:
 class _FakeCapture:
     """Cross maps on a 3x3 attention grid, propagation the identity (SA = I)."""
 
+    peak_kept_bytes = 0
+
     def __init__(self, maps: torch.Tensor) -> None:
         self.maps, self.self_attention_grid = maps, tuple(maps.shape[-2:])
 

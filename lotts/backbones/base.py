@@ -45,6 +45,8 @@ class Backbone(ABC):
     pooled_key: Optional[str] = None
     extra_kwargs: frozenset[str] = frozenset()
     passthrough_kwargs: tuple[str, ...] = ()
+    # Whether __call__ reads pipe._guidance_scale at every step (UNets: a callback can cut CFG).
+    follows_pipeline_guidance = False
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -115,7 +117,7 @@ class Backbone(ABC):
         return math.lcm(8, int(self.pipe.vae_scale_factor))
 
     def text_dtype(self) -> torch.dtype:
-        encoder = getattr(self.pipe, "text_encoder", None) or self.denoiser
+        encoder: Any = getattr(self.pipe, "text_encoder", None) or self.denoiser
         return encoder.dtype
 
     # --- per-family pieces -------------------------------------------------------------------
@@ -204,6 +206,31 @@ class Backbone(ABC):
             raise ValueError(f"latents of shape {tuple(latents.shape)} do not fit this pipeline at "
                              f"{settings.height}x{settings.width}: expected {expected}")
         return latents.to(settings.device, settings.dtype)
+
+    def callback_tensors(self, cond: Conditioning, n: int, settings: Settings
+                         ) -> dict[str, Optional[torch.Tensor]]:
+        """The conditioning tensors ``__call__`` hands ``callback_on_step_end`` by these names
+        (its ``_callback_tensor_inputs`` other than ``latents``), built for a batch of `n`
+        latents, so refinement steps can give a callback what it declares."""
+        return {}
+
+    def check_callback_inputs(self, settings: Settings) -> None:
+        """Refuse, before any work, callback tensors that refinement cannot provide."""
+        if settings.callback is None:
+            return
+        known = {"latents", *self.callback_tensor_names()}
+        missing = [name for name in settings.callback_inputs if name not in known]
+        if missing:
+            raise ValueError(f"callback_on_step_end asks for {missing}, which LoTTS refinement "
+                             f"cannot provide for {type(self.pipe).__name__}; it provides "
+                             f"{sorted(known)}")
+
+    def callback_tensor_names(self) -> tuple[str, ...]:
+        return tuple(name for name in getattr(self.pipe, "_callback_tensor_inputs", ("latents",))
+                     if name != "latents" and name in self._CALLBACK_BUILDERS)
+
+    # Names of ``_callback_tensor_inputs`` that :meth:`callback_tensors` builds.
+    _CALLBACK_BUILDERS: frozenset[str] = frozenset()
 
     def token_source(self, settings: Settings) -> tuple[Any, int]:
         """Tokenizer whose positions are the cross-attention keys, and its padded length."""

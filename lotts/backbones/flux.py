@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ class FluxBackbone(Backbone):
         return scale > 1 and settings.options.get("negative_prompt") is not None
 
     def text_dtype(self) -> torch.dtype:
-        encoder = self.pipe.text_encoder or self.pipe.text_encoder_2 or self.denoiser
+        encoder: Any = self.pipe.text_encoder or self.pipe.text_encoder_2 or self.denoiser
         return encoder.dtype
 
     def _encode(self, prompt: Any, settings: Settings, prompt_2: Any = None
@@ -81,6 +81,8 @@ class FluxBackbone(Backbone):
     def entering_latents(self, noise: torch.Tensor, run: Run) -> torch.Tensor:
         return noise
 
+    # Adapted from diffusers diffusers.pipelines.flux.pipeline_flux.FluxPipeline.__call__, 0.42.1
+    # (its "5. Prepare timesteps": linear sigmas, resolution-dependent shift mu).
     def set_timesteps(self, scheduler: Any, settings: Settings,
                       noise_shape: tuple[int, ...]) -> torch.Tensor:
         from diffusers.pipelines.flux.pipeline_flux import (
@@ -89,14 +91,15 @@ class FluxBackbone(Backbone):
         )
 
         steps = settings.num_inference_steps
-        sigmas = np.linspace(1.0, 1 / steps, steps)
+        sigmas: Optional[np.ndarray] = np.linspace(1.0, 1 / steps, steps)
         if getattr(scheduler.config, "use_flow_sigmas", False):
             sigmas = None
         config = scheduler.config
         mu = calculate_shift(noise_shape[1], config.get("base_image_seq_len", 256),
                              config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
                              config.get("max_shift", 1.15))
-        timesteps, _ = retrieve_timesteps(scheduler, steps, settings.device, sigmas=sigmas, mu=mu)
+        timesteps, _ = retrieve_timesteps(scheduler, steps, settings.device,
+                                          sigmas=sigmas, mu=mu)  # type: ignore[arg-type]
         return timesteps
 
     def size_multiple(self) -> int:
@@ -112,6 +115,8 @@ class FluxBackbone(Backbone):
         settings.options["img_ids"] = image_ids
         return settings
 
+    # Adapted from diffusers diffusers.pipelines.flux.pipeline_flux.FluxPipeline.__call__, 0.42.1
+    # (one transformer call of its denoising loop; true CFG as in guided()).
     def forward(self, scheduler: Any, latents: torch.Tensor, t: torch.Tensor,
                 rows: dict[str, Any], settings: Settings) -> torch.Tensor:
         n = latents.shape[0]
@@ -141,6 +146,7 @@ class FluxBackbone(Backbone):
             noise = uncond + settings.options["true_cfg_scale"] * (noise - uncond)
         return noise
 
+    # Adapted from diffusers diffusers.pipelines.flux.pipeline_flux.FluxPipeline._unpack_latents, 0.42.1
     def unpack(self, latents: torch.Tensor, settings: Settings) -> torch.Tensor:
         """(B, L, 4C) tokens -> (B, C, h, w) latents, as the pipeline unpacks them."""
         h, w = self._latent_hw(settings)
@@ -148,6 +154,7 @@ class FluxBackbone(Backbone):
         latents = latents.view(batch, h // 2, w // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
         return latents.reshape(batch, channels // 4, h, w)
 
+    # Adapted from diffusers diffusers.pipelines.flux.pipeline_flux.FluxPipeline._pack_latents, 0.42.1
     def pack(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, L, 4C), the pipeline's token layout."""
         batch, channels, h, w = latents.shape
@@ -189,6 +196,12 @@ class FluxBackbone(Backbone):
         latents = vae.encode(pixels.to(settings.device, vae.dtype)).latent_dist.mode()
         latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
         return self.pack(latents).to(settings.dtype)
+
+    _CALLBACK_BUILDERS = frozenset({"prompt_embeds"})
+
+    def callback_tensors(self, cond: Conditioning, n: int, settings: Settings
+                         ) -> dict[str, Optional[torch.Tensor]]:
+        return {"prompt_embeds": cond.rows(n)["encoder_hidden_states"]}
 
     def token_source(self, settings: Settings) -> tuple[Any, int]:
         return self.pipe.tokenizer_2, settings.options["max_sequence_length"]

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
+from lotts.backbones.callbacks import RefinementCallback
 from lotts.backbones.settings import Conditioning, Settings
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ class Run:
         self.timesteps = backbone.set_timesteps(self.template, settings, noise_shape)
         self.num_steps = len(self.timesteps)
         self._coefficients: dict[int, tuple[float, float]] = {}
+        # The settings refinement steps run with: `settings`, unless a callback cut guidance
+        # before t0 in the pipeline's own call (see lotts.backbones.callbacks).
+        self.step_settings = settings
 
     def scheduler_at(self, step: int) -> Any:
         """A fresh scheduler positioned at `step` (multistep solvers start with no history)."""
@@ -78,14 +82,16 @@ class Run:
         """
         scheduler = self.scheduler_at(start)
         step_kwargs = self.step_kwargs(scheduler, seeds)
-        callback = self.settings.callback
+        callback = None
+        if self.settings.callback is not None:
+            callback = RefinementCallback(self, self.settings.callback, latents.shape[0])
         for i in range(start, stop):
             t = self.timesteps[i]
-            noise = self.backbone.guided(scheduler, latents, t, self.cond, self.settings)
+            settings = self.step_settings if callback is None else callback.settings
+            noise = self.backbone.guided(scheduler, latents, t, self.cond, settings)
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
             if callback is not None:
-                latents = callback(self.backbone.pipe, i, t, {"latents": latents}).get("latents", latents)
+                latents = callback(i, t, latents)
             if after_step is not None:
                 latents = after_step(i, latents)
         return latents
-

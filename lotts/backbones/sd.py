@@ -33,6 +33,9 @@ class UNetBackbone(Backbone, ABC):
     def lora_scale(self, settings: Settings) -> Optional[float]:
         return (settings.options.get("cross_attention_kwargs") or {}).get("scale")
 
+    # Adapted from diffusers
+    # diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.__call__, 0.42.1
+    # ("6.1 Optionally get Guidance Scale Embedding").
     def timestep_cond(self, settings: Settings) -> dict[str, torch.Tensor]:
         dim = self.pipe.unet.config.time_cond_proj_dim
         if dim is None:
@@ -51,6 +54,9 @@ class UNetBackbone(Backbone, ABC):
             cross_attention_kwargs=settings.options.get("cross_attention_kwargs"),
             added_cond_kwargs=added or None, return_dict=False)[0]
 
+    # Adapted from diffusers
+    # diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.__call__, 0.42.1
+    # ("7. Denoising loop": CFG on a doubled batch, guidance_rescale).
     def guided(self, scheduler: Any, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning,
                settings: Settings) -> torch.Tensor:
         n = latents.shape[0]
@@ -67,6 +73,16 @@ class UNetBackbone(Backbone, ABC):
 
             noise = rescale_noise_cfg(noise, text, guidance_rescale=rescale)
         return noise
+
+    _CALLBACK_BUILDERS = frozenset({"prompt_embeds", "negative_prompt_embeds"})
+    follows_pipeline_guidance = True
+
+    def callback_tensors(self, cond: Conditioning, n: int, settings: Settings
+                         ) -> dict[str, Optional[torch.Tensor]]:
+        # As __call__ holds them: prompt_embeds = [negative rows, positive rows] under guidance.
+        rows = cond.rows(n, "cfg" if settings.do_cfg else "positive")
+        negative = cond.rows(n, "negative")["encoder_hidden_states"] if settings.do_cfg else None
+        return {"prompt_embeds": rows["encoder_hidden_states"], "negative_prompt_embeds": negative}
 
     def _postprocess(self, image: torch.Tensor,
                      denormalize: Optional[list[bool]] = None) -> list[Image.Image]:

@@ -23,7 +23,7 @@ class StableDiffusionXLBackbone(UNetBackbone):
                                                  "crops_coords_top_left", "target_size"}
 
     def text_dtype(self) -> torch.dtype:
-        encoder = self.pipe.text_encoder_2 or self.pipe.text_encoder or self.denoiser
+        encoder: Any = self.pipe.text_encoder_2 or self.pipe.text_encoder or self.denoiser
         return encoder.dtype
 
     def _encode(self, prompt: Any, settings: Settings, do_cfg: bool, prompt_2: Any = None,
@@ -34,6 +34,9 @@ class StableDiffusionXLBackbone(UNetBackbone):
             negative_prompt_2=negative_2, lora_scale=self.lora_scale(settings),
             clip_skip=settings.options.get("clip_skip"))
 
+    # Adapted from diffusers
+    # diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl.StableDiffusionXLPipeline._get_add_time_ids, 0.42.1  # noqa: E501
+    # (negative size conditioning defaults to the positive one, as __call__ passes it).
     def _time_ids(self, settings: Settings) -> torch.Tensor:
         size = (settings.height, settings.width)
         original = tuple(settings.options.get("original_size") or size)
@@ -69,6 +72,21 @@ class StableDiffusionXLBackbone(UNetBackbone):
                                      if pipe_kwargs.get(k) is not None})
         return settings
 
+    _CALLBACK_BUILDERS = frozenset({"prompt_embeds", "negative_prompt_embeds", "add_text_embeds",
+                                    "add_time_ids", "negative_pooled_prompt_embeds",
+                                    "negative_add_time_ids"})
+
+    def callback_tensors(self, cond: Conditioning, n: int, settings: Settings
+                         ) -> dict[str, Optional[torch.Tensor]]:
+        # As __call__ holds them: every tensor [negative rows, positive rows] under guidance.
+        rows = cond.rows(n, "cfg" if settings.do_cfg else "positive")
+        negative = cond.rows(n, "negative") if settings.do_cfg else {}
+        return {"prompt_embeds": rows["encoder_hidden_states"],
+                "add_text_embeds": rows["text_embeds"], "add_time_ids": rows["time_ids"],
+                "negative_prompt_embeds": negative.get("encoder_hidden_states"),
+                "negative_pooled_prompt_embeds": negative.get("text_embeds"),
+                "negative_add_time_ids": negative.get("time_ids")}
+
     @contextmanager
     def _vae_precision(self) -> Iterator[torch.dtype]:
         """The VAE in float32 where SDXL's fp16 VAE overflows (force_upcast), as __call__ does."""
@@ -91,12 +109,15 @@ class StableDiffusionXLBackbone(UNetBackbone):
         view = lambda v: torch.tensor(v).view(1, -1, 1, 1).to(device, dtype)
         return view(mean), view(std)
 
+    # Adapted from diffusers
+    # diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl.StableDiffusionXLPipeline.__call__, 0.42.1  # noqa: E501
+    # (its decode: fp16 VAE upcast, latents_mean/std, watermark).
     def decode(self, latents: torch.Tensor, settings: Settings) -> list[Image.Image]:
         config = self.pipe.vae.config
         with self._vae_precision() as dtype:
             latents = latents.to(dtype)
             mean, std = self._scaling(latents.device, dtype)
-            if mean is not None:
+            if mean is not None and std is not None:
                 latents = latents * std / config.scaling_factor + mean
             else:
                 latents = latents / config.scaling_factor
@@ -110,7 +131,7 @@ class StableDiffusionXLBackbone(UNetBackbone):
         with self._vae_precision():
             latents = self._vae_latents(image, settings).float()
         mean, std = self._scaling(latents.device, latents.dtype)
-        if mean is not None:
+        if mean is not None and std is not None:
             latents = (latents - mean) * config.scaling_factor / std
         else:
             latents = latents * config.scaling_factor

@@ -16,8 +16,9 @@ Three sets of pipeline keyword arguments, side by side:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 from lotts.cli.console import no_loading_bars, status
 from lotts.cli.jobs import METHODS, Job, check_out_dir, load_verifiers, reported_as, run_job

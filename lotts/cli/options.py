@@ -33,6 +33,10 @@ def _parse_scalar(text: str, kinds: Sequence[type], optional: bool) -> Any:
 def _argument_for(annotation: Any) -> dict[str, Any]:
     """argparse keyword arguments (type, nargs, metavar) for one dataclass field type."""
     origin, members = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Union and type(None) in members and len(members) == 2:  # Optional[tuple[...]]
+        inner = next(m for m in members if m is not type(None))
+        if typing.get_origin(inner) is tuple:
+            return _argument_for(inner)
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction}
     if origin is tuple:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -90,16 +90,19 @@ class OutputWriter:
         relative = f"{CANDIDATES_DIR}/{name}"
         entries = []
         for index, candidate in enumerate(result.candidates):
-            entry = {"image": f"{relative}/c{index:02d}.png", "mask": None, "heatmap": None}
-            save_image_atomic(candidate.image, self.out_dir / entry["image"])
+            stem = f"{relative}/c{index:02d}"
+            entry: dict[str, Optional[str]] = {"image": f"{stem}.png", "mask": None,
+                                               "heatmap": None}
+            save_image_atomic(candidate.image, self.out_dir / f"{stem}.png")
             size = candidate.image.size
             if getattr(candidate, "mask", None) is not None:
-                entry["mask"] = f"{relative}/c{index:02d}-mask.png"
-                save_image_atomic(report.mask_image(candidate.mask, size), self.out_dir / entry["mask"])
+                entry["mask"] = f"{stem}-mask.png"
+                save_image_atomic(report.mask_image(candidate.mask, size),
+                                  self.out_dir / f"{stem}-mask.png")
             if getattr(candidate, "heatmap", None) is not None:
-                entry["heatmap"] = f"{relative}/c{index:02d}-heatmap.png"
+                entry["heatmap"] = f"{stem}-heatmap.png"
                 save_image_atomic(report.heatmap_image(candidate.heatmap, size),
-                                  self.out_dir / entry["heatmap"])
+                                  self.out_dir / f"{stem}-heatmap.png")
             entries.append(entry)
         grid = report.candidate_grid(result, scores.get(self.selection_key), title=item.prompt,
                                      score_name=self.selection_key)

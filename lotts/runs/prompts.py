@@ -115,7 +115,11 @@ def _checked(items: list[PromptItem], path: Path) -> list[PromptItem]:
     if empty:
         raise PromptFileError(f"{str(path)!r}: empty prompt for id(s) {empty[:5]}")
     seen: set[PromptId] = set()
-    duplicates = [item.id for item in items if item.id in seen or seen.add(item.id)]
+    duplicates = []
+    for item in items:
+        if item.id in seen:
+            duplicates.append(item.id)
+        seen.add(item.id)
     if duplicates:
         raise PromptFileError(f"{str(path)!r}: duplicate id(s) {duplicates[:5]}; ids must be unique")
     return items

@@ -8,11 +8,11 @@ from :func:`~lotts.runs.prompts.prompt_seed`, records from :mod:`lotts.runs.mani
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 from lotts.result import PHASES
 from lotts.runs.files import remove_temp_files
@@ -125,7 +125,7 @@ def run_batch(sample: SampleFn, items: Sequence[PromptItem], out_dir: Union[str,
         for item in mine:
             seed = prompt_seed(spec.seed, item.id)
             progress.phase(item.id, "generate")
-            result = sample(item.prompt, seed, lambda phase, _id=item.id: progress.phase(_id, phase))
+            result = sample(item.prompt, seed, _phase_reporter(progress, item.id))
             progress.phase(item.id, "report")
             scores, report_seconds = score_candidates(result, item.prompt, spec.verifier,
                                                       held_out or {})
@@ -139,6 +139,10 @@ def run_batch(sample: SampleFn, items: Sequence[PromptItem], out_dir: Union[str,
         manifest.merge()
     state.wait_for_everyone()
     return manifest.records()
+
+
+def _phase_reporter(progress: Progress, prompt_id: PromptId) -> Callable[[str], None]:
+    return lambda phase: progress.phase(prompt_id, phase)
 
 
 def _progress_for(state: Any, total: int, mine: int, quiet: bool) -> Progress:

@@ -6,8 +6,9 @@ a seeded ``numpy.random.Generator``, so a seed fixes a data set.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
