@@ -193,7 +193,7 @@ class LoTTSConfig:
             problem = (f"num_inference_steps = {num_steps} is too short for t0 = {steps.t0} and "
                        f"global_steps = {steps.global_steps}: a refinement needs at least one "
                        f"masked step between them")
-        if problem:
+        if problem or steps is None:
             raise ValueError(f"{problem}; {self._shortest_schedule_hint(backbone)}")
         return steps
 
@@ -219,8 +219,8 @@ class LoTTSConfig:
     def min_steps(self, backbone: str) -> Optional[int]:
         """The shortest schedule these settings fit (None if none up to MAX_STEPS does)."""
         for num_steps in range(1, MAX_STEPS + 1):
-            steps, problem = self._layout(backbone, num_steps)
-            if not problem and (self.num_refinements == 0 or steps.masked_stop > steps.t0):
+            steps, _ = self._layout(backbone, num_steps)
+            if steps is not None and (self.num_refinements == 0 or steps.masked_stop > steps.t0):
                 return num_steps
         return None
 

@@ -271,8 +271,9 @@ def _sizing(run: RunDirectory, other: RunDirectory) -> str:
 
 def _verdict(runs: Sequence[RunDirectory], verifier: str, role: str) -> str:
     """Which side has the higher mean score of its selected images, and on how many prompts."""
-    by_id = [{r["id"]: selected_score(r, verifier) for r in run.records} for run in runs]
-    common = [i for i in by_id[0] if i in by_id[1] and None not in (by_id[0][i], by_id[1][i])]
+    by_id = [{r["id"]: score for r in run.records
+              if (score := selected_score(r, verifier)) is not None} for run in runs]
+    common = [i for i in by_id[0] if i in by_id[1]]
     if not common:
         return f"No prompt was scored by the {role} verifier {verifier} in both runs."
     means = [float(np.mean([scores[i] for i in common])) for scores in by_id]

@@ -76,7 +76,7 @@ def _as_rgb_of_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """`image` as RGB at `size` (width, height): what the pipeline's VAE encodes."""
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return image if image.size == size else image.resize(size, Image.BICUBIC)
+    return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
 
 
 def _prompts(prompt: Prompt) -> tuple[list[str], bool]:
