@@ -17,6 +17,7 @@ benchmarks/RESULTS.md between the world-eval markers.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -25,7 +26,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+if importlib.util.find_spec("lotts") is None:  # a bare checkout: its own source
+    sys.path.insert(0, str(HERE.parent))
 
 ROWS = HERE / "world_eval_rows" / "world_eval.json"
 BEGIN, END = "<!-- world-eval:begin -->", "<!-- world-eval:end -->"
