@@ -86,7 +86,7 @@ def _construct_on(device: str, dtype: Any) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def build_pipeline(backbone: BenchSetting, scale: str, device: str, dtype: Any) -> Any:
+def build_pipeline(setting: BenchSetting, scale: str, device: str, dtype: Any) -> Any:
     """The backbone's pipeline: tiny test components, or the published architectures with
     random weights. Tokenizers come from ``lotts.tiny_pipelines`` (the real CLIP vocabulary;
     the T5 tokenizer is a small stand-in, which only shortens nothing: FLUX pads to
@@ -97,19 +97,19 @@ def build_pipeline(backbone: BenchSetting, scale: str, device: str, dtype: Any) 
     from lotts import model_configs
     from lotts.tiny_pipelines import build_tiny_pipeline, pipeline_class
 
-    tiny = build_tiny_pipeline(backbone.kind, seed=0)
-    if backbone.name in model_configs.BENCH_SCHEDULERS:  # the modelled checkpoint's own schedule
-        class_name, config = model_configs.BENCH_SCHEDULERS[backbone.name]
+    tiny = build_tiny_pipeline(setting.kind, seed=0)
+    if setting.name in model_configs.BENCH_SCHEDULERS:  # the modelled checkpoint's own schedule
+        class_name, config = model_configs.BENCH_SCHEDULERS[setting.name]
         tiny.scheduler = getattr(diffusers, class_name).from_config(config)
     if scale == "tiny":  # built in float32; cast only when asked for another dtype
         return tiny.to(device) if dtype == torch.float32 else tiny.to(device=device, dtype=dtype)
     components = dict(tiny.components)
     with torch.random.fork_rng(devices=[]), _construct_on(device, dtype):
         torch.manual_seed(0)
-        for name, (class_name, config) in model_configs.BACKBONE_COMPONENTS[backbone.name].items():
+        for name, (class_name, config) in model_configs.BACKBONE_COMPONENTS[setting.name].items():
             components[name] = model_configs.build_component(class_name, config).eval()
-    extra = {"requires_safety_checker": False} if backbone.kind == "sd" else {}
-    pipe = pipeline_class(backbone.kind)(**components, **extra)
+    extra = {"requires_safety_checker": False} if setting.kind == "sd" else {}
+    pipe = pipeline_class(setting.kind)(**components, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -151,24 +151,24 @@ class ClipTowerVerifier:
 # --------------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------------
-def call_kwargs(backbone: BenchSetting, scale: str, steps: int, size: Optional[int] = None) -> dict[str, Any]:
-    size = size or (backbone.size if scale == "real" else TINY_SIZE)
+def call_kwargs(setting: BenchSetting, scale: str, steps: int, size: Optional[int] = None) -> dict[str, Any]:
+    size = size or (setting.size if scale == "real" else TINY_SIZE)
     kwargs = {"height": size, "width": size, "num_inference_steps": steps,
-              "guidance_scale": backbone.guidance_scale, **dict(backbone.extra_call)}
-    if scale == "tiny" and backbone.kind == "flux":
+              "guidance_scale": setting.guidance_scale, **dict(setting.extra_call)}
+    if scale == "tiny" and setting.kind == "flux":
         kwargs["max_sequence_length"] = 64
     return kwargs
 
 
-def lotts_config(backbone: BenchSetting, steps: int) -> Any:
+def lotts_config(setting: BenchSetting, steps: int) -> Any:
     """The paper's defaults; t0 keeps its share of the schedule when steps are overridden."""
     from lotts import LoTTSConfig
 
-    t0 = backbone.t0 if steps == backbone.steps else max(0, round(backbone.t0 * steps / backbone.steps))
+    t0 = setting.t0 if steps == setting.steps else max(0, round(setting.t0 * steps / setting.steps))
     return LoTTSConfig(num_seeds=3, num_refinements=2, mask_ratio=0.5, t0=t0, refine_batch_size=6)
 
 
-def measure(label: str, backbone: BenchSetting, n: int, run: Any) -> Measurement:
+def measure(label: str, setting: BenchSetting, n: int, run: Any) -> Measurement:
     """Time one prompt's run, synchronized at both ends."""
     from lotts_kernels.demo import synced_timer
 
@@ -176,24 +176,24 @@ def measure(label: str, backbone: BenchSetting, n: int, run: Any) -> Measurement
     result = run()
     seconds = synced_timer() - start
     cost = result.cost
-    return Measurement(backbone.name, label, n, int(cost.nfe), seconds, int(cost.verifier_calls),
+    return Measurement(setting.name, label, n, int(cost.nfe), seconds, int(cost.verifier_calls),
                        {k: float(v) for k, v in dict(cost.seconds).items()},
                        capture_peak_mb=getattr(cost, "capture_peak_bytes", 0) / 2**20)
 
 
-def bench_backbone(backbone: BenchSetting, scale: str, device: str, dtype: Any,
+def bench_backbone(setting: BenchSetting, scale: str, device: str, dtype: Any,
                    steps: Optional[int] = None, deadline: Optional[float] = None,
                    log: Any = print, size: Optional[int] = None) -> list[Measurement]:
     """LoTTS, Best-of-N at 9 and at the matched N, on one backbone (its models freed after)."""
-    steps = steps or backbone.steps
-    rows = measure_methods(backbone, build_pipeline(backbone, scale, device, dtype),
+    steps = steps or setting.steps
+    rows = measure_methods(setting, build_pipeline(setting, scale, device, dtype),
                            ClipTowerVerifier(scale, device, dtype),
-                           call_kwargs(backbone, scale, steps, size), steps, deadline, log)
+                           call_kwargs(setting, scale, steps, size), steps, deadline, log)
     _free(device)
     return rows
 
 
-def measure_methods(backbone: BenchSetting, pipe: Any, verifier: Any, kwargs: dict[str, Any],
+def measure_methods(setting: BenchSetting, pipe: Any, verifier: Any, kwargs: dict[str, Any],
                     steps: int, deadline: Optional[float], log: Any) -> list[Measurement]:
     """Warm up both methods (kernel compilation, allocator) at 2 steps, then time LoTTS,
     Best-of-9 and the matched Best-of-N. Past ``deadline`` (a ``time.perf_counter()`` value)
@@ -203,7 +203,7 @@ def measure_methods(backbone: BenchSetting, pipe: Any, verifier: Any, kwargs: di
     from lotts import LoTTS, best_of_n
 
     prompt = "a photo of an astronaut riding a horse on the moon, highly detailed"
-    config = lotts_config(backbone, steps)
+    config = lotts_config(setting, steps)
 
     def sample_lotts(**overrides: Any) -> Any:
         runner = LoTTS(pipe, verifier=verifier, config=replace(config, t0=overrides.pop("t0", config.t0)))
@@ -213,27 +213,27 @@ def measure_methods(backbone: BenchSetting, pipe: Any, verifier: Any, kwargs: di
         return best_of_n(pipe, prompt, n, verifier, seed=0, batch_size=PAPER_N,
                          **dict(kwargs, **overrides))
 
-    log(f"[bench] {backbone.name}: warm-up")
+    log(f"[bench] {setting.name}: warm-up")
     sample_lotts(num_inference_steps=3, t0=1)  # the shortest schedule with a masked step
     sample_best_of(PAPER_N, num_inference_steps=2)
-    rows = [measure("lotts", backbone, PAPER_N, sample_lotts)]
-    log(f"[bench] {backbone.name}: lotts {rows[-1].seconds:.1f}s")
-    rows.append(measure("best-of-n", backbone, PAPER_N, lambda: sample_best_of(PAPER_N)))
-    log(f"[bench] {backbone.name}: best-of-{PAPER_N} {rows[-1].seconds:.1f}s")
-    rows.append(matched_best_of_n(backbone, rows[-1], deadline, sample_best_of))
-    log(f"[bench] {backbone.name}: best-of-{backbone.matched_n} {rows[-1].seconds:.1f}s"
+    rows = [measure("lotts", setting, PAPER_N, sample_lotts)]
+    log(f"[bench] {setting.name}: lotts {rows[-1].seconds:.1f}s")
+    rows.append(measure("best-of-n", setting, PAPER_N, lambda: sample_best_of(PAPER_N)))
+    log(f"[bench] {setting.name}: best-of-{PAPER_N} {rows[-1].seconds:.1f}s")
+    rows.append(matched_best_of_n(setting, rows[-1], deadline, sample_best_of))
+    log(f"[bench] {setting.name}: best-of-{setting.matched_n} {rows[-1].seconds:.1f}s"
         + (" (extrapolated)" if rows[-1].extrapolated else ""))
     return rows
 
 
-def matched_best_of_n(backbone: BenchSetting, nine: Measurement, deadline: Optional[float],
+def matched_best_of_n(setting: BenchSetting, nine: Measurement, deadline: Optional[float],
                       run: Any) -> Measurement:
-    n = backbone.matched_n
+    n = setting.matched_n
     projected = nine.seconds * n / nine.n
     if deadline is None or time.perf_counter() + projected <= deadline:
-        return measure("best-of-n", backbone, n, lambda: run(n))
+        return measure("best-of-n", setting, n, lambda: run(n))
     scale = n / nine.n
-    return Measurement(backbone.name, "best-of-n", n, round(nine.nfe * scale), projected,
+    return Measurement(setting.name, "best-of-n", n, round(nine.nfe * scale), projected,
                        round(nine.verifier_calls * scale), {}, extrapolated=True)
 
 

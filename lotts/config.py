@@ -235,12 +235,12 @@ class LoTTSConfig:
     def lotts_nfe(self, num_inference_steps: int, backbone: str = "sd") -> int:
         """Denoiser evaluations of one LoTTS prompt, counted as in the README's *Method* section."""
         backbone = _backbone_name(backbone)
-        steps = self.resolved(backbone, num_inference_steps)
+        plan = self.resolved(backbone, num_inference_steps)
         g = GUIDANCE_FACTOR[backbone]
         n, k = self.num_seeds, self.num_refinements
         localizations = 0 if k == 0 else (n if self.search == "siblings" else n * k)
-        return (n * steps.num_steps * g + localizations * LOCALIZATION_PROMPTS
-                + n * k * (steps.num_steps - steps.t0) * g)
+        return (n * plan.num_steps * g + localizations * LOCALIZATION_PROMPTS
+                + n * k * (plan.num_steps - plan.t0) * g)
 
     def matched_best_of_n(self, num_inference_steps: int, backbone: str = "sd") -> int:
         """The Best-of-N sample count whose NFE is closest to this LoTTS run's (at least 1)."""

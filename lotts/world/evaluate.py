@@ -128,11 +128,11 @@ class Localizer:
         backbone, settings, config = self.backbone, self.settings, self.config
         cond = backbone.encode(prompt, settings)
         run = Run(backbone, settings, prompt, cond, backbone.noise_shape(settings))
-        steps = config.resolved(backbone.name, run.num_steps)
+        plan = config.resolved(backbone.name, run.num_steps)
         loc_cond, tokens = localization_inputs(backbone, settings, prompt, config)
         x0 = backbone.encode_image(image, settings)
         seeds = [stream_seed(seed, "localize", 0)]
-        capture = localization_capture(run, x0, seeds, steps.localization_step, loc_cond, tokens)
+        capture = localization_capture(run, x0, seeds, plan.localization_step, loc_cond, tokens)
         grid = backbone.mask_grid(settings)
         library = mask_from_capture(capture, 1, grid, config.lam, config.mask_ratio)
 
