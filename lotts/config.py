@@ -22,6 +22,7 @@ GUIDANCE_FACTOR = {"sd": 2, "sdxl": 2, "flux": 1}
 TOKEN_SELECTIONS = ("content", "quality", "all")
 SEARCHES = ("siblings", "chain")
 LOCALIZATION_PROMPTS = 3  # original, positive, negative in one batched forward
+MAX_STEPS = 10_000  # longest schedule searched for the shortest that fits
 # Mask sources (lotts.mask_sources) and which of them run the attention localization forward
 # or ask the verifier for saliency.
 MASK_SOURCES = ("attention", "verifier", "attention+verifier", "random", "full")
@@ -71,9 +72,13 @@ class ResolvedConfig:
         return self.num_steps - self.global_steps
 
 
-def _setting(default: Any, help: str) -> Any:
-    """A LoTTSConfig field whose help text serves the docstring and the CLI's --help alike."""
-    return field(default=default, metadata={"help": help})
+def _setting(default: Any, help: str, choices: Optional[tuple[str, ...]] = None) -> Any:
+    """A LoTTSConfig field whose help text (and allowed values, where a few strings are) serves
+    the docstring and the CLI's --help alike."""
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -100,10 +105,10 @@ class LoTTSConfig:
     token_selection: str = _setting(
         "content", '"content" (non-special tokens), "quality" (only the words that differ '
         "between the two templates; the original prompt uses its content tokens) or \"all\" "
-        "(every non-padding token).")
+        "(every non-padding token).", choices=TOKEN_SELECTIONS)
     search: str = _setting(
         "siblings", '"siblings" (k refinements of each original) or "chain" (k levels, each '
-        "refining the seed's best-scored candidate so far, re-localized).")
+        "refining the seed's best-scored candidate so far, re-localized).", choices=SEARCHES)
     soft_mask_sigma: float = _setting(
         0.0, "Gaussian feathering of the mask in latent positions (0: hard mask).")
     refine_batch_size: Optional[int] = _setting(
@@ -204,25 +209,55 @@ class LoTTSConfig:
         return step / of
 
     def resolved(self, backbone: str, num_steps: int) -> ResolvedConfig:
-        """Step indices for `backbone` ("sd", "sdxl", "flux") and a schedule of `num_steps`."""
+        """Step indices for `backbone` ("sd", "sdxl", "flux") and a schedule of `num_steps`.
+
+        With refinements the schedule must hold t0 steps, at least one masked step (where the
+        outside follows the parent's trajectory: what makes a refinement local) and the
+        global steps; a shorter one is refused with the shortest that fits."""
         if not _is_int(num_steps) or num_steps < 1:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_steps!r}")
+        steps, problem = self._layout(backbone, num_steps)
+        if steps is not None and self.num_refinements > 0 and steps.masked_stop <= steps.t0:
+            problem = (f"num_inference_steps = {num_steps} is too short for t0 = {steps.t0} and "
+                       f"global_steps = {steps.global_steps}: a refinement needs at least one "
+                       f"masked step between them")
+        if problem or steps is None:
+            raise ValueError(f"{problem}; {self._shortest_schedule_hint(backbone)}")
+        return steps
+
+    def _layout(self, backbone: str, num_steps: int) -> tuple[Optional[ResolvedConfig], str]:
+        """t0, global steps and localization step of a schedule, or why they do not fit."""
         # A fraction in [0, 1) always names a step of the schedule, however short it is.
         t0 = self.t0 if isinstance(self.t0, int) else \
             min(num_steps - 1, int(round(self.t0_fraction(backbone) * num_steps)))
         if t0 >= num_steps:
-            raise ValueError(f"t0 = {t0} lies beyond the schedule: it must be < "
-                             f"num_inference_steps = {num_steps}")
+            return None, (f"t0 = {t0} lies beyond the schedule: it must be < "
+                          f"num_inference_steps = {num_steps}")
         remaining = num_steps - t0
         if self.global_steps is None:
             global_steps = min(remaining, max(1, int(round(self.global_fraction * num_steps))))
         elif self.global_steps > remaining:
-            raise ValueError(f"global_steps = {self.global_steps} exceeds the {remaining} steps "
-                             f"from t0 = {t0} to the end of the schedule")
+            return None, (f"global_steps = {self.global_steps} exceeds the {remaining} steps "
+                          f"from t0 = {t0} to the end of the schedule")
         else:
             global_steps = self.global_steps
         level = min(num_steps - 1, int(round(self.localization_level * num_steps)))
-        return ResolvedConfig(num_steps, t0, global_steps, level)
+        return ResolvedConfig(num_steps, t0, global_steps, level), ""
+
+    def min_steps(self, backbone: str) -> Optional[int]:
+        """The shortest schedule these settings fit (None if none up to MAX_STEPS does)."""
+        for num_steps in range(1, MAX_STEPS + 1):
+            steps, _ = self._layout(backbone, num_steps)
+            if steps is not None and (self.num_refinements == 0 or steps.masked_stop > steps.t0):
+                return num_steps
+        return None
+
+    def _shortest_schedule_hint(self, backbone: str) -> str:
+        shortest = self.min_steps(backbone)
+        if shortest is None:
+            return (f"no schedule of up to {MAX_STEPS} steps fits: lower t0, global_steps or "
+                    f"global_fraction")
+        return f"use at least {shortest} steps (or a smaller t0 / global_steps)"
 
     # ----- cost -------------------------------------------------------------------------------
     def lotts_nfe(self, num_inference_steps: int, backbone: str = "sd",

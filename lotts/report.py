@@ -246,6 +246,68 @@ def _role(name: str, runs: Sequence[RunDirectory]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# LoTTS against Best-of-N, in words
+# --------------------------------------------------------------------------------------------
+def method_label(run: RunDirectory) -> str:
+    """"LoTTS", "Best-of-7" (N read from the records), else the run's name."""
+    if run.spec.get("method") == "best-of-n" and run.records:
+        return f"Best-of-{len(run.records[0].get('seeds', []))}"
+    return "LoTTS" if run.spec.get("method") == "lotts" else run.name
+
+
+def _sizing(run: RunDirectory, other: RunDirectory) -> str:
+    """How one side's budget was set, with its NFE per prompt."""
+    config, nfe = run.spec.get("config", {}), summarize(run, [])["nfe"] or 0.0
+    if run.spec.get("method") == "lotts":
+        seeds, k = config.get("num_seeds"), config.get("num_refinements")
+        depth = "each" if config.get("search", "siblings") == "siblings" else "deep (chain)"
+        return f"LoTTS: {seeds} originals with {k} refinements {depth}, {nfe:.0f} NFE per prompt"
+    other_nfe = summarize(other, [])["nfe"] or 0.0
+    how = ("N matched to LoTTS's NFE (LoTTSConfig.matched_best_of_n)"
+           if config.get("n") == "matched" else f"N = {config.get('n')} as asked")
+    ratio = f", {nfe / other_nfe:.2f}x LoTTS's" if other_nfe else ""
+    return f"{method_label(run)}: {how}, {nfe:.0f} NFE per prompt{ratio}"
+
+
+def _verdict(runs: Sequence[RunDirectory], verifier: str, role: str) -> str:
+    """Which side has the higher mean score of its selected images, and on how many prompts."""
+    by_id = [{r["id"]: score for r in run.records
+              if (score := selected_score(r, verifier)) is not None} for run in runs]
+    common = [i for i in by_id[0] if i in by_id[1]]
+    if not common:
+        return f"No prompt was scored by the {role} verifier {verifier} in both runs."
+    means = [float(np.mean([scores[i] for i in common])) for scores in by_id]
+    labels = [method_label(run) for run in runs]
+    wins = [sum(by_id[j][i] > by_id[1 - j][i] for i in common) for j in (0, 1)]
+    if round(means[0], 3) == round(means[1], 3):
+        outcome = "a tie"
+    else:
+        best = int(means[1] > means[0])
+        outcome = f"{labels[best]} wins (better on {wins[best]} of {len(common)} prompts)"
+    return (f"On the {role} verifier {verifier}, mean score of the selected images over "
+            f"{len(common)} prompts: {labels[0]} {means[0]:.3f}, {labels[1]} {means[1]:.3f}: "
+            f"{outcome}.")
+
+
+def lotts_vs_best_of_n(runs: Sequence[RunDirectory]) -> list[str]:
+    """For a LoTTS run and a Best-of-N run: how each was sized and who wins on each held-out
+    verifier (the selection verifier when none was held out). Empty for other pairs."""
+    methods = [run.spec.get("method") for run in runs]
+    if sorted(map(str, methods)) != ["best-of-n", "lotts"]:
+        return []
+    runs = sorted(runs, key=lambda run: run.spec.get("method") != "lotts")  # LoTTS first
+    lines = [_sizing(runs[0], runs[1]) + ". " + _sizing(runs[1], runs[0]) + "."]
+    held_out = [v for v in verifier_names(runs) if _role(v, runs) == "held-out"]
+    if held_out:
+        lines += [_verdict(runs, v, "held-out") for v in held_out]
+    else:
+        lines += [_verdict(runs, str(runs[0].spec.get("verifier")), "selection") +
+                  " (No held-out verifier: the selection verifier also picked, so it favours "
+                  "whichever side it scored more.)"]
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
 # report.html
 # --------------------------------------------------------------------------------------------
 _STYLE = """
@@ -253,6 +315,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;
 background:#fafafa;max-width:1400px}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px}
 .sub{color:#666;margin-bottom:16px}
+.verdict{font-weight:600;margin:4px 0}
 .note{background:#fff4d6;border:1px solid #f0c36d;padding:8px 12px;border-radius:6px;margin:6px 0}
 table{border-collapse:collapse;background:white;margin:8px 0}
 th,td{border:1px solid #ddd;padding:6px 10px;text-align:right}
@@ -395,7 +458,8 @@ def render_report(runs: Sequence[RunDirectory], report_dir: Union[str, os.PathLi
         f"<h1>{html.escape(title)}</h1><div class='sub'>{specs}</div>{notes_html}"
         "<h2>Summary</h2><p class='sub'>Scores are those of the selected image, averaged over "
         "prompts; held-out verifiers did not take part in the selection.</p>"
-        f"{_summary_table(runs, verifiers)}"
+        + "".join(f"<p class='verdict'>{html.escape(line)}</p>" for line in lotts_vs_best_of_n(runs))
+        + f"{_summary_table(runs, verifiers)}"
         f"{_ranking_table(runs, verifiers) if len(runs) > 2 else ''}<h2>Prompts</h2>"
         f"{_prompt_sections(runs, verifiers, report_dir)}</body></html>\n"
     )
@@ -438,8 +502,9 @@ def compare_runs(dir_a: Union[str, os.PathLike], dir_b: Union[str, os.PathLike])
     sa, sb = summarize(run_a, verifiers), summarize(run_b, verifiers)
     name_a, name_b = f"A: {run_a.name} ({run_a.path.name})", f"B: {run_b.name} ({run_b.path.name})"
     lines = [f"# {name_a} vs {name_b}", "",
-             f"{len(common)} prompts in common.", "",
-             f"| metric | {name_a} | {name_b} | B vs A |", "|---|---:|---:|---:|"]
+             f"{len(common)} prompts in common.", ""]
+    lines += [line for sentence in lotts_vs_best_of_n([run_a, run_b]) for line in (sentence, "")]
+    lines += [f"| metric | {name_a} | {name_b} | B vs A |", "|---|---:|---:|---:|"]
     for v in verifiers:
         lines.append(f"| mean {v} ({_role(v, [run_a, run_b])}) | {_fmt(sa['scores'][v])} | "
                      f"{_fmt(sb['scores'][v])} | {_difference(sa['scores'][v], sb['scores'][v])} |")

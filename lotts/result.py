@@ -8,9 +8,19 @@ import torch
 from PIL import Image
 
 PHASES = ("generate", "localize", "refine", "verify")
+PROMPT_REPR_CHARS = 40
 
 
-@dataclass
+def _shape(value: object) -> str:
+    """An image or tensor as its size, for reprs that must not print pixels."""
+    if value is None:
+        return "None"
+    if isinstance(value, Image.Image):
+        return f"{value.width}x{value.height} {value.mode}"
+    return "x".join(str(n) for n in getattr(value, "shape", ())) or type(value).__name__
+
+
+@dataclass(repr=False)
 class Candidate:
     """One scored image.
 
@@ -30,6 +40,11 @@ class Candidate:
     heatmap: Optional[torch.Tensor] = None
     score: float = float("nan")
     nfe: int = 0
+
+    def __repr__(self) -> str:
+        return (f"Candidate(seed={self.seed}, parent={self.parent}, score={self.score:.3f}, "
+                f"nfe={self.nfe}, image={_shape(self.image)}, latents={_shape(self.latents)}, "
+                f"mask={_shape(self.mask)})")
 
 
 @dataclass
@@ -52,7 +67,7 @@ class Cost:
         return float(sum(self.seconds.values()))
 
 
-@dataclass
+@dataclass(repr=False)
 class LoTTSResult:
     """Candidates of one prompt, the selected one and the cost.
 
@@ -80,3 +95,15 @@ class LoTTSResult:
     @property
     def candidate_scores(self) -> list[float]:
         return [c.score for c in self.candidates]
+
+    def __repr__(self) -> str:
+        """One line: what ran, how many candidates, which won with what score, at what cost
+        (the images, latents and masks are in ``candidates``)."""
+        prompt = self.prompt if len(self.prompt) <= PROMPT_REPR_CHARS else \
+            self.prompt[:PROMPT_REPR_CHARS - 3] + "..."
+        scores = ", ".join(f"{name}={value:.3f}" for name, value in self.scores.items())
+        return (f"LoTTSResult(method={self.method!r}, prompt={prompt!r}, "
+                f"{len(self.candidates)} candidates, selected={self.selected}, "
+                f"score={self.best.score:.3f}, nfe={self.cost.nfe}, "
+                f"seconds={self.cost.total_seconds:.1f}" + (f", scores: {scores}" if scores else "")
+                + ")")

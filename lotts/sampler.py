@@ -73,6 +73,13 @@ def score_images(verifier: Verifier, images: Sequence[Image.Image], prompt: str)
 
 
 # ----- inputs --------------------------------------------------------------------------------
+def _as_rgb_of_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` as RGB at `size` (width, height): what the pipeline's VAE encodes."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
+
+
 def _prompts(prompt: Prompt) -> tuple[list[str], bool]:
     """(prompts, single) with every prompt a non-empty string."""
     single = isinstance(prompt, str)
@@ -178,7 +185,13 @@ class LoTTS:
         """Localize and refine an image the user already has (a PIL image or clean latents in
         the pipeline's latent layout). The image competes as candidate 0 beside its k
         refinements (or its k-level chain). Its trajectory is stood in for by the scheduler's
-        own noising of its latents with one fixed noise."""
+        own noising of its latents with one fixed noise.
+
+        A PIL image of any mode is converted to RGB (grayscale spread to three channels,
+        alpha dropped, palettes expanded). It is refined at its own size unless ``height``
+        and ``width`` are given: then it is first resized to them (bicubic), so candidate 0
+        and every refinement have the size asked for. Either way the size must suit the
+        pipeline (e.g. multiples of 8 for SD), or a ValueError says which it needs."""
         prompts, single = _prompts(prompt)
         if not single:
             raise ValueError("refine takes one prompt (a string)")
@@ -187,6 +200,8 @@ class LoTTS:
             raise TypeError(f"image must be a PIL image or a latents tensor, got {type(image).__name__}")
         self.backbone.check_scheduler()
         settings = self._settings(self._size_from(image, pipe_kwargs))
+        if isinstance(image, Image.Image):
+            image = _as_rgb_of_size(image, (settings.width, settings.height))
         return self._run(prompts[0], seed, settings, given=image)
 
     # ----- one prompt, as the method reads -----------------------------------------------------

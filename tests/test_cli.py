@@ -133,7 +133,7 @@ def test_generate_writes_images_manifests_report_and_compare(both_runs):
         assert (out / "lotts" / record["grid"]).is_file()
     for record in best:
         assert record["seeds"] == [prompt_seed(0, record["id"]) + j for j in range(4)]
-        assert record["nfe"] == 4 * 4 * 2  # N = LoTTS's candidate count, guided steps
+        assert record["nfe"] == 4 * 4 * 2  # N = 4 matches LoTTS's 30 NFE, guided steps
     html = (out / "report.html").read_text()
     assert "a dog in the snow" in html and "best-of-n / lotts" in html
     assert "| total NFE |" in (out / "compare.md").read_text()
@@ -173,7 +173,8 @@ def test_demo_runs_end_to_end_offline(tmp_path, capsys):
     record = read_jsonl(tmp_path / "lotts" / "manifest.jsonl")[0]
     assert len(record["seeds"]) == 9 and record["grid"]
     assert set(record["scores"]) == {"world-clean-a", "world-clean-b"}
-    assert len(read_jsonl(tmp_path / "best-of-n" / "manifest.jsonl")[0]["seeds"]) == 9
+    matched = LoTTSConfig().matched_best_of_n(4, "sd")  # Best-of-N at LoTTS's NFE: 7, not 9
+    assert len(read_jsonl(tmp_path / "best-of-n" / "manifest.jsonl")[0]["seeds"]) == matched == 7
 
 
 def test_demo_without_the_world_assets_is_a_clear_usage_error(tmp_path, capsys, monkeypatch):

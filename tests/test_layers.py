@@ -100,7 +100,7 @@ def test_lotts_takes_a_stand_in_verifier_by_name(load_tiny_pipeline):
     pipe = load_tiny_pipeline("sd")
     result = LoTTS(pipe, verifier="stat-sharpness",
                    config=LoTTSConfig(num_seeds=1, num_refinements=1))(
-        "a cat", height=64, width=64, num_inference_steps=2)
+        "a cat", height=64, width=64, num_inference_steps=4)
     assert set(result.scores) == {"stat-sharpness"} and len(result.candidates) == 2
 
 

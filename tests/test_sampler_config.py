@@ -38,7 +38,7 @@ def test_per_backbone_resolution(backbone, steps, t0, global_steps, level) -> No
 def test_explicit_t0_and_global_steps() -> None:
     assert LoTTSConfig(t0=10).resolved("sd", 50).t0 == 10
     assert LoTTSConfig(t0=0.2).resolved("flux", 50).t0 == 10
-    assert LoTTSConfig(t0=3, global_steps=1).resolved("sd", 4).global_steps == 1
+    assert LoTTSConfig(t0=2, global_steps=1).resolved("sd", 4).global_steps == 1
     with pytest.raises(ValueError, match="t0"):
         LoTTSConfig(t0=50).resolved("sd", 50)
     with pytest.raises(ValueError, match="global_steps"):
@@ -68,5 +68,5 @@ def test_derived_seeds_are_stable() -> None:
 def test_fractional_t0_always_lands_inside_a_short_schedule():
     from lotts.config import LoTTSConfig
 
-    resolved = LoTTSConfig(t0=0.9).resolved("sd", 4)
+    resolved = LoTTSConfig(t0=0.9, global_steps=0).resolved("sd", 4)
     assert resolved.t0 == 3

@@ -90,7 +90,7 @@ def test_bad_verifier_output(sd_pipe, scores, match) -> None:
         return scores(len(images))
 
     with pytest.raises(ValueError, match=match):
-        LoTTS(sd_pipe, verifier, SMALL)(PROMPT, **call_kwargs("sd", steps=2))
+        LoTTS(sd_pipe, verifier, SMALL)(PROMPT, **call_kwargs("sd"))
 
 
 def test_verifier_that_raises(sd_pipe) -> None:

@@ -190,8 +190,7 @@ def test_committed_world_is_small_and_float16():
 @pytest.fixture(scope="module")
 def world_pipe():
     from diffusers import StableDiffusionPipeline
-    pipe = StableDiffusionPipeline.from_pretrained(str(ASSETS / "pipeline"),
-                                                   local_files_only=True, torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(str(ASSETS / "pipeline"), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -296,6 +295,9 @@ def test_training_script_runs_every_stage_at_a_tiny_scale_and_refuses_a_mismatch
         assert (out / name / "model.safetensors").is_file()
     pipe = load_pipeline(out / "pipeline")
     assert pipe.unet.config.attention_head_dim == [1, 2, 2]
+    # float16 files that a plain from_pretrained loads as float32 throughout (issue 12, item 2)
+    assert json.loads((out / "pipeline" / "text_encoder" / "config.json").read_text())["dtype"] == "float32"
+    assert pipe.text_encoder.dtype == pipe.unet.dtype == torch.float32
     mismatched = ["--scale", "0.005", "--out", str(out), "--ckpt", str(ckpt), "--threads", "1",
                   "--stages", "diffusion"]
     with pytest.raises(WorldTrainingError, match="latents"):  # the cache is another data set's

@@ -9,6 +9,7 @@ loop is :meth:`lotts.backbones.run.Run.denoise`.
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -84,6 +85,11 @@ class Backbone(ABC):
 
         height = get("height") or self.default_size()
         width = get("width") or self.default_size()
+        multiple = self.size_multiple()
+        if height % multiple or width % multiple:
+            raise ValueError(f"height and width must be multiples of {multiple} for "
+                             f"{type(self.pipe).__name__} (vae_scale_factor "
+                             f"{self.pipe.vae_scale_factor}), got height={height}, width={width}")
         steps = get("num_inference_steps")
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {steps!r}")
@@ -104,6 +110,11 @@ class Backbone(ABC):
 
     def default_size(self) -> int:
         return int(self.pipe.default_sample_size * self.pipe.vae_scale_factor)
+
+    def size_multiple(self) -> int:
+        """What height and width must be multiples of: whole latent cells and the pipeline's
+        own rule (SD's and SDXL's ``check_inputs`` refuse anything but multiples of 8)."""
+        return math.lcm(8, int(self.pipe.vae_scale_factor))
 
     def text_dtype(self) -> torch.dtype:
         encoder: Any = getattr(self.pipe, "text_encoder", None) or self.denoiser

@@ -102,6 +102,10 @@ class FluxBackbone(Backbone):
                                           sigmas=sigmas, mu=mu)  # type: ignore[arg-type]
         return timesteps
 
+    def size_multiple(self) -> int:
+        """FluxPipeline packs 2x2 latent cells: it would resize anything else with a warning."""
+        return int(self.pipe.vae_scale_factor) * 2
+
     def settings(self, pipe_kwargs: dict[str, Any]) -> Settings:
         settings = super().settings(pipe_kwargs)
         channels = self.pipe.transformer.config.in_channels // 4

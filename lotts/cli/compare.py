@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from lotts.cli.console import status
 from lotts.cli.jobs import reported_as
 
 HELP = "side-by-side table of two runs"
@@ -13,7 +13,8 @@ HELP = "side-by-side table of two runs"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir_a", type=Path)
     parser.add_argument("dir_b", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="markdown file (default compare.md)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the markdown table to this file (default: print only)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     with reported_as("cannot compare runs"):
         text = compare_runs(args.dir_a, args.dir_b)
     print(text, end="")
-    out = args.out or Path("compare.md")
-    out.write_text(text, encoding="utf-8")
-    print(f"wrote {out}", file=sys.stderr)
+    if args.out is not None:
+        with reported_as(f"cannot write --out {str(args.out)!r}"):
+            args.out.write_text(text, encoding="utf-8")
+        status(f"wrote {args.out}", args.quiet)
     return 0

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
-from lotts.cli.jobs import METHODS, Job, load_verifiers, reported_as, run_job
+from lotts.cli.console import no_loading_bars, status
+from lotts.cli.jobs import METHODS, Job, check_out_dir, load_verifiers, reported_as, run_job
 from lotts.cli.options import positive_int
 from lotts.runs.prompts import PromptItem
 
@@ -15,9 +17,10 @@ HELP = "the whole method end to end on the embedded default: no download, no GPU
 
 @dataclass
 class EmbeddedDefault:
-    """What the demo runs: a pipeline, verifiers that need no download, prompts, settings."""
+    """What the demo runs: a pipeline (loaded on demand, after the output directory is
+    checked), verifiers that need no download, prompts, settings."""
 
-    pipe: Any
+    load_pipe: Callable[[], Any]
     model: str
     verifier: str
     report_with: list[str]
@@ -25,6 +28,7 @@ class EmbeddedDefault:
     pipe_kwargs: dict[str, Any]
     config: Any
     notes: list[str]
+    best_of_n: Union[int, str, None] = "matched"
 
 
 def embedded_default() -> EmbeddedDefault:
@@ -33,11 +37,16 @@ def embedded_default() -> EmbeddedDefault:
     function to change what ``lotts demo`` shows."""
     from lotts.world.demo import embedded_world
 
+    return EmbeddedDefault(**embedded_world())
+
+
+def load_world_pipeline(world: EmbeddedDefault, quiet: bool) -> Any:
     hint = ("reinstall lotts, or retrain it from a source checkout with "
             "`python -m lotts.world.train`")
+    status("loading the miniature world ...", quiet)
     # missing/corrupt assets, an incompatible diffusers
-    with reported_as("cannot load the miniature world (lotts/world/assets)", hint):
-        return EmbeddedDefault(**embedded_world())
+    with no_loading_bars(), reported_as("cannot load the miniature world (lotts/world/assets)", hint):
+        return world.load_pipe()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,15 +63,17 @@ def run(args: argparse.Namespace) -> int:
 
     world = embedded_default()
     device = "cpu"
-    verifiers = load_verifiers([world.verifier, *world.report_with], device, False)
-    job = Job(pipe=world.pipe.to(device), model=world.model,
+    job = Job(model=world.model,
               items=[PromptItem(i, p) for i, p in enumerate(world.prompts[: args.num_prompts])],
-              out=args.out, methods=METHODS, config=world.config, best_of_n=None,
-              verifier=world.verifier, verifiers=verifiers,
+              out=args.out, methods=METHODS, config=world.config, best_of_n=world.best_of_n,
+              verifier=world.verifier, report_with=tuple(world.report_with),
               pipe_kwargs=dict(world.pipe_kwargs, **({"num_inference_steps": args.steps}
                                                      if args.steps else {})),
               seed=args.seed, save_candidates=True, quiet=args.quiet, notes=world.notes,
               title="LoTTS demo (embedded default)")
+    check_out_dir(job)  # before anything loads
+    job.verifiers = load_verifiers([world.verifier, *world.report_with], device, False)
+    job.pipe = load_world_pipeline(world, args.quiet).to(device)
     with one_cpu_thread():
         run_job(job)
     if not args.quiet:

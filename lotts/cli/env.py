@@ -14,8 +14,13 @@ def run(args: argparse.Namespace) -> int:
     from lotts.runs.outputs import package_versions
     from lotts_kernels.env import report
 
-    print(report())
-    print("")
-    for name, version in package_versions().items():
-        print(f"{name:<20} {version}")
+    kernels = report()
+    print(kernels)
+    # The kernel report already lists torch, diffusers and transformers: add only the others.
+    listed = {line.split()[0] for line in kernels.splitlines() if line.strip()}
+    others = {name: v for name, v in package_versions().items() if name not in listed}
+    if others:
+        print("")
+        for name, version in others.items():
+            print(f"{name:<20} {version}")
     return 0

@@ -8,6 +8,7 @@ from typing import Any, Optional
 from lotts.cli.jobs import (
     METHODS,
     Job,
+    check_out_dir,
     load_pipeline,
     load_verifiers,
     place_pipeline,
@@ -50,14 +51,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(Best-of-N / particle counts, LoTTS seeds at the given k)")
     parser.add_argument("--particles", type=positive_int, default=None, metavar="N",
                         help="Particle Sampling's particle count (default: Best-of-N's N)")
-    parser.add_argument("--best-of-n", type=best_of_n_arg, default=None, metavar="N|matched",
-                        help="Best-of-N sample count (default: LoTTS's candidate count; "
-                             "'matched': the N with LoTTS's NFE)")
-    parser.add_argument("--verifier", default=DEFAULT_VERIFIER,
-                        help="selection verifier: a name (image-reward, hpsv2, pickscore, "
-                             "clipscore, aesthetic, or a weight-free stat-* stand-in) or a path")
+    parser.add_argument("--best-of-n", type=best_of_n_arg, default="matched", metavar="N|matched",
+                        help="Best-of-N sample count; 'matched' (the default): the N whose NFE "
+                             "is closest to LoTTS's (LoTTSConfig.matched_best_of_n)")
+    from lotts.verifiers import available_verifiers
+
+    parser.add_argument("--verifier", default=DEFAULT_VERIFIER, metavar="NAME|PATH",
+                        help=f"selection verifier: a built-in name ({', '.join(available_verifiers())}"
+                             "; reward models need their weights on this machine, see the README; "
+                             "world-clean-a/b ship with lotts, stat-* need no weights) or a path "
+                             "to a verifier's weights (default: %(default)s)")
     parser.add_argument("--report-with", default="", metavar="NAMES",
-                        help="comma-separated held-out verifiers scoring every candidate")
+                        help="comma-separated held-out verifiers (names or paths as for "
+                             "--verifier) scoring every candidate")
     parser.add_argument("--seed", type=int, default=0, help="global seed (per-prompt seeds "
                         "derive from it and the prompt id)")
     parser.add_argument("--allow-download", action="store_true",
@@ -120,13 +126,15 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, state)
     dtype = resolve_dtype(args.dtype, device)
     report_with = [s.strip() for s in args.report_with.split(",") if s.strip()]
-    verifiers = load_verifiers([args.verifier, *report_with], device, args.allow_download)
-    pipe = place_pipeline(load_pipeline(args.model, dtype, args.allow_download), device, args.offload)
-    job = Job(pipe=pipe, model=args.model, items=items, out=args.out, methods=methods,
-              config=config, best_of_n=args.best_of_n, verifier=score_key(args.verifier),
-              verifiers=verifiers, pipe_kwargs=pipe_kwargs_from_args(args), seed=args.seed,
+    job = Job(model=args.model, items=items, out=args.out, methods=methods, config=config,
+              best_of_n=args.best_of_n, verifier=score_key(args.verifier),
+              report_with=tuple(score_key(spec) for spec in report_with),
+              pipe_kwargs=pipe_kwargs_from_args(args), seed=args.seed,
               dtype=str(dtype).replace("torch.", ""), save_candidates=args.save_candidates,
               quiet=args.quiet, state=state, budget_nfe=args.budget_nfe, particles=args.particles)
+    check_out_dir(job)  # before anything loads: a wrong --out costs nothing
+    job.verifiers = load_verifiers([args.verifier, *report_with], device, args.allow_download)
+    job.pipe = place_pipeline(load_pipeline(args.model, dtype, args.allow_download, args.quiet),
+                              device, args.offload)
     run_job(job)
     return 0
-

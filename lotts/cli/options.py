@@ -57,10 +57,12 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(LoTTSConfig)
     for item in dataclasses.fields(LoTTSConfig):
         text = item.metadata.get("help", "")
+        choices = item.metadata.get("choices")
+        kind = {"choices": choices} if choices else _argument_for(hints[item.name])
         group.add_argument(f"--{item.name.replace('_', '-')}", dest=f"config_{item.name}",
                            default=None,
                            help=f"{text} (default: {item.default!r})".strip().replace("%", "%%"),
-                           **_argument_for(hints[item.name]))
+                           **kind)
 
 
 def config_from_args(args: argparse.Namespace) -> LoTTSConfig:

@@ -17,7 +17,7 @@ from typing import Any, Union
 
 from lotts.errors import ManifestConflictError
 from lotts.runs.files import write_bytes_atomic
-from lotts.runs.prompts import PromptId, id_sort_key
+from lotts.runs.prompts import PromptId, id_sort_key, normalize_id
 
 MANIFEST = "manifest.jsonl"
 RUN_FILE = "run.json"
@@ -70,6 +70,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
         if isinstance(record, dict) and "id" in record:
+            record["id"] = normalize_id(record["id"])  # runs written before ids were normalized
             records.append(record)
     return records
 
@@ -104,13 +105,17 @@ class Manifest:
     def done_ids(self) -> set[PromptId]:
         return {record["id"] for record in self.records()}
 
-    def check_owner(self, config_hash: str) -> None:
-        """Refuse a directory whose records (or run.json) come from other settings."""
-        owners = {record.get("config_hash") for record in self.records()}
+    def owners(self) -> set[str]:
+        """Config hashes of the runs whose records (or run.json) are in this directory."""
+        owners = {str(record.get("config_hash")) for record in self.records()}
         info = self.run_info()
         if info:
-            owners.add(info.get("config_hash"))
-        others = sorted(str(owner) for owner in owners - {config_hash})
+            owners.add(str(info.get("config_hash")))
+        return owners
+
+    def check_owner(self, config_hash: str) -> None:
+        """Refuse a directory whose records (or run.json) come from other settings."""
+        others = sorted(self.owners() - {config_hash})
         if others:
             raise ManifestConflictError(
                 f"{str(self.out_dir)!r} holds another run (config hash {others[0][:12]}, this run "

@@ -9,6 +9,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -19,12 +20,28 @@ PromptId = Union[int, str]
 PROMPT_COLUMNS = ("prompt", "text", "caption")
 
 
+# A string id that spells an integer the one way Python prints it ("7", not "07", "+7", "-0").
+_INTEGER_ID = re.compile(r"0|-?[1-9][0-9]*")
+
+
+def normalize_id(raw: PromptId) -> PromptId:
+    """The one form of an id: a string spelling an integer is that integer, so line 0 of a text
+    file and a CSV row with id "0" are the same prompt (same seed, file name and compare row)."""
+    if isinstance(raw, str) and _INTEGER_ID.fullmatch(raw):
+        return int(raw)
+    return raw
+
+
 @dataclass(frozen=True)
 class PromptItem:
-    """One prompt with its stable id (the file's id column, else its 0-based line/row index)."""
+    """One prompt with its stable id (the file's id column, else its 0-based line/row index),
+    normalized by :func:`normalize_id`."""
 
     id: PromptId
     prompt: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", normalize_id(self.id))
 
 
 def id_sort_key(prompt_id: PromptId) -> tuple[int, Any]:

@@ -27,7 +27,7 @@ SampleFn = Callable[[str, int, Callable[[str], None]], Any]
 @dataclass
 class Progress:
     """One bar over prompts with the current prompt's phase as its postfix; silent when
-    ``quiet`` or on a non-main rank. Diffusers' per-step bars sit below it (``leave=False``)."""
+    ``quiet`` or on a non-main rank. The only bar of a run (see silence_pipeline_progress)."""
 
     total: int
     done: int = 0
@@ -73,13 +73,11 @@ def one_cpu_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def configure_pipeline_progress(pipe: Any, quiet: bool) -> None:
-    """Make diffusers' step bars fit under ours: transient, on the line below, or off."""
+def silence_pipeline_progress(pipe: Any) -> None:
+    """Turn off the pipeline's per-call step bars: a run shows one bar, over prompts, with the
+    current prompt's phase on it; step bars would nest under it once per pipeline call."""
     if hasattr(pipe, "set_progress_bar_config"):
-        if quiet:
-            pipe.set_progress_bar_config(disable=True)
-        else:
-            pipe.set_progress_bar_config(disable=False, leave=False, position=1, dynamic_ncols=True)
+        pipe.set_progress_bar_config(disable=True)
 
 
 # --------------------------------------------------------------------------------------------

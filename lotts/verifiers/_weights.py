@@ -26,7 +26,14 @@ _SNAPSHOT_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
 
 class VerifierWeightsNotFoundError(FileNotFoundError):
     """A verifier's weights (or tokenizer) are not on this machine; the message says what to
-    put where and which argument or environment variable points at it."""
+    put where and which argument or environment variable points at it. ``source`` (the
+    WeightSource) and ``tried`` (where it looked) let a front end phrase its own fix."""
+
+    def __init__(self, message: str, source: WeightSource | None = None,
+                 tried: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.source = source
+        self.tried = tuple(tried)
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,7 @@ class WeightSource:
     # ----- the message -------------------------------------------------------------------------
 
     def _error(self, tried: Iterable[str]) -> VerifierWeightsNotFoundError:
+        tried = list(tried)
         if self.kind == "file":
             names = " or ".join(repr(n) for n in self.filenames)
             put = f"Put the file {names} on this machine"
@@ -166,7 +174,7 @@ class WeightSource:
         return VerifierWeightsNotFoundError(
             f"{self.verifier}: {self.what} not found. {put} and pass "
             f"{self.argument}={example!r} to load_verifier({self.verifier!r}, ...), or set "
-            f"{self.env_var}={example}. {source}Looked at: {'; '.join(tried)}.")
+            f"{self.env_var}={example}. {source}Looked at: {'; '.join(tried)}.", self, tried)
 
 
 # ----- checkpoints --------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """What ``lotts demo`` runs by default: the trained miniature world.
 
-``embedded_world()`` returns the fields of ``lotts.cli.EmbeddedDefault``: the committed
-StableDiffusionPipeline (64x64 shape scenes, trained from scratch by ``lotts.world.train``), the
-selection verifier ``world-clean-a``, the held-out ``world-clean-b``, and plain prompts whose
-candidates are often defective (the world's plain captions yield planted-style defects at a
-measurable rate), so the report shows defects, heatmaps, masks and their refinements.
+``embedded_world()`` returns the fields of ``lotts.cli.demo.EmbeddedDefault``: a loader of
+the committed StableDiffusionPipeline (64x64 shape scenes, trained from scratch by
+``lotts.world.train``), the selection verifier ``world-clean-a``, the held-out
+``world-clean-b``, and plain prompts whose candidates are often defective (the world's plain
+captions yield planted-style defects at a measurable rate), so the report shows defects,
+heatmaps, masks and their refinements.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def embedded_world() -> dict[str, Any]:
     from lotts.world.evaluate import PIPELINE_DIR, load_pipeline
 
     return dict(
-        pipe=load_pipeline(),
+        load_pipe=load_pipeline,
         model=f"embedded:lotts-world ({PIPELINE_DIR})",
         verifier="world-clean-a",
         report_with=["world-clean-b"],

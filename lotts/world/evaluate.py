@@ -29,11 +29,13 @@ VARIANTS = ("full", "no_propagation", "diff_only", "orig_only", "random")
 # ----- loading -------------------------------------------------------------------------------
 def load_pipeline(path: Optional[str | Path] = None, device: str = "cpu",
                   dtype: torch.dtype = torch.float32):
-    """The world's StableDiffusionPipeline (weights stored in float16, run in `dtype`)."""
+    """The world's StableDiffusionPipeline, loaded the standard way (float16 files, loading as
+    float32), then moved to `device` and `dtype`."""
     from diffusers import StableDiffusionPipeline
-    pipe = StableDiffusionPipeline.from_pretrained(str(path or PIPELINE_DIR), local_files_only=True,
-                                                   torch_dtype=dtype)
+    pipe = StableDiffusionPipeline.from_pretrained(str(path or PIPELINE_DIR), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
+    if dtype != pipe.unet.dtype:  # a same-dtype .to(dtype=...) still warns about casting
+        pipe.to(dtype=dtype)
     return pipe.to(device)
 
 

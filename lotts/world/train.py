@@ -10,7 +10,7 @@ interrupted run resumes where it stopped when rerun (``--fresh`` starts over).
     python -m lotts.world.train --scale 0.05 --out /tmp/world_small --ckpt /tmp/world_small_ckpt
 
 Output (``--out``, default ``lotts/world/assets``):
-    pipeline/      StableDiffusionPipeline.save_pretrained (float16 weights)
+    pipeline/      StableDiffusionPipeline.save_pretrained (float16 weights, loading as float32)
     verifier_a/    model.safetensors + config.json  (selection verifier, "world-clean-a")
     verifier_b/    model.safetensors + config.json  (held-out verifier,  "world-clean-b")
     train_log.json per-stage wall times, losses, verifier accuracies
@@ -296,7 +296,19 @@ def save_pipeline(vae, unet, text, out: Path):
     pipe.to(torch.float16)
     pipe.save_pretrained(out, safe_serialization=True)
     pipe.to(torch.float32)
+    load_text_encoder_in_float32(Path(out) / "text_encoder")
     return pipe
+
+
+def load_text_encoder_in_float32(folder: Path) -> None:
+    """Weights stay float16 on disk (half the size; the upcast is exact), but transformers
+    loads a model in the dtype its config names while diffusers loads the UNet and VAE in
+    float32, so a plain ``from_pretrained`` mixed the two and failed on CPU. Naming float32 in
+    the text encoder's config makes every component load in float32."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config["dtype"] = "float32"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 # ----- stage 3: verifiers --------------------------------------------------------------------
