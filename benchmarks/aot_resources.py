@@ -1,0 +1,142 @@
+"""Resource table of every GPU kernel, compiled ahead of time for sm_80 and sm_90 without a GPU.
+
+Triton kernels: every op at every backbone shape (and the wide head dims the limits allow), every
+dtype (fp32 attention both as launched by default and with TF32 allowed), every autotune
+candidate - the ones the pruning keeps and the ones it drops, with its reasons - compiled through
+the launchers' own launch descriptions (:mod:`lotts_kernels.aot`). CUDA kernels: csrc/*.cu
+compiled by nvcc with the extension's flags and ``-Xptxas -v``.
+
+    python benchmarks/aot_resources.py [--out table.md] [--quick]
+
+Writes markdown (registers, spill stores/loads, stack, shared memory per kernel, dtype, config,
+target) and exits 1 when a config the pruning keeps spills or exceeds shared memory, or when the
+shared-memory estimate the pruning uses is below what Triton allocated. A full run compiles a few
+hundred kernels; fp32 IEEE ones take 10-110 s each on one core (``--quick`` skips the configs the
+pruning drops).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the launchers' (Triton 3.9) default
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lotts_kernels import aot  # noqa: E402
+
+HEADER = ("| kernel | case | dtype | config | target | kept | regs | spill st/ld (B) | stack (B) "
+          "| shared (B) | estimate (B) | note |")
+
+
+def _config_text(config) -> str:
+    if config is None:
+        return "-"
+    kw = config.kwargs
+    return f"{kw['BLOCK_M']}x{kw['BLOCK_N']} w{config.num_warps} s{config.num_stages}"
+
+
+def triton_rows(quick: bool, failures: list[str]) -> list[str]:
+    rows = []
+    for case in aot.full_matrix():
+        for capability in aot.TARGET_CAPABILITIES:
+            for config, problems, estimate in case.configs(capability, include_pruned=not quick):
+                launch = case.launch if config is None else case.launch.with_config(config)
+                started = time.time()
+                try:
+                    res = aot.compile_launch(launch, capability)
+                except Exception as error:  # noqa: BLE001 - a compile error is a table row
+                    failures.append(f"{case.name} {case.dtype} {_config_text(config)} "
+                                    f"sm_{capability}: compile error {error}")
+                    rows.append(f"| {case.kernel} | {case.name} | {case.dtype} | "
+                                f"{_config_text(config)} | sm_{capability} | "
+                                f"{'yes' if not problems else 'no'} | compile error | | | | | "
+                                f"{str(error).splitlines()[0][:80]} |")
+                    continue
+                measured = res.problems()
+                kept = not problems
+                if kept and measured:
+                    failures.append(f"{case.name} {case.dtype} {_config_text(config)} "
+                                    f"sm_{capability} is kept but {'; '.join(measured)}")
+                if estimate is not None and estimate < res.total_shared:
+                    failures.append(f"{case.name} {case.dtype} {_config_text(config)} "
+                                    f"sm_{capability}: estimate {estimate} B < {res.total_shared} B")
+                note = "; ".join(problems) if problems else ""
+                rows.append(
+                    f"| {case.kernel} | {case.name} | {case.dtype} | {_config_text(config)} | "
+                    f"sm_{capability} | {'yes' if kept else 'no'} | {res.registers} | "
+                    f"{res.spill_stores}/{res.spill_loads} | {res.stack} | {res.total_shared} | "
+                    f"{estimate if estimate is not None else '-'} | {note} |")
+                print(f"{case.name} {case.dtype} {_config_text(config)} sm_{capability}: "
+                      f"{res.registers} regs, {res.spill_stores} B spills, {res.total_shared} B "
+                      f"shared ({time.time() - started:.1f} s)", file=sys.stderr, flush=True)
+    return rows
+
+
+def cuda_rows(failures: list[str]) -> list[str]:
+    from lotts_kernels import cuda_build
+
+    rows = ["| kernel | target | regs | spill st/ld (B) | stack (B) | static shared (B) |",
+            "|---|---|---|---|---|---|"]
+    for source in cuda_build.source_files():
+        if source.suffix != ".cu":
+            continue
+        for capability in aot.TARGET_CAPABILITIES:
+            for res in aot.compile_cuda_source(source, capability):
+                if res.problems():
+                    failures.append(f"{res.kernel} sm_{capability}: {'; '.join(res.problems())}")
+                rows.append(f"| `{res.kernel}` | sm_{capability} | {res.registers} | "
+                            f"{res.spill_stores}/{res.spill_loads} | {res.stack} | "
+                            f"{res.static_shared} |")
+    return rows
+
+
+def versions() -> str:
+    import torch
+    import triton
+
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    nvcc = aot.find_nvcc()
+    nvcc_version = (subprocess.run([nvcc, "--version"], capture_output=True, text=True)
+                    .stdout.strip().splitlines()[-1] if nvcc else "none")
+    return (f"{datetime.date.today().isoformat()}, commit {commit}, triton {triton.__version__} "
+            f"(bundled ptxas: {aot.ptxas_versions()}), nvcc {nvcc_version}, torch "
+            f"{torch.__version__}, Python {platform.python_version()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="write the markdown here (default: stdout)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the configs the pruning keeps")
+    parser.add_argument("--no-cuda", action="store_true", help="skip the csrc/*.cu table")
+    args = parser.parse_args(argv)
+    failures: list[str] = []
+    lines = [f"AOT resources ({versions()}).", "", HEADER,
+             "|" + "---|" * (HEADER.count("|") - 1)]
+    lines += triton_rows(args.quick, failures)
+    if not args.no_cuda:
+        lines += ["", "CUDA extension (nvcc -Xptxas -v, the extension's flags):", ""]
+        lines += cuda_rows(failures)
+    if failures:
+        lines += ["", "FAILURES:", *[f"- {f}" for f in failures]]
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    for failure in failures:
+        print(f"FAIL: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Ahead-of-time compilation of our Triton kernels for real GPU targets, without a GPU.
+
+A launcher describes a launch as a :class:`Launch` (the jitted kernel, the positional arguments
+and the keyword constexprs/options it passes). :func:`compile_launch` runs those arguments
+through Triton's own argument binder and specialization (the code ``kernel[grid](...)`` runs,
+with the target's backend instead of the active driver's), then ``triton.compile`` with the
+bundled ptxas. Tensors may live on the ``meta`` device: only dtype, strides and the (zero) data
+pointer matter, so a FLUX-size launch costs no memory.
+
+:class:`Resources` holds what the compiled kernel needs per block: registers, spill stores and
+loads, stack, shared memory (Triton's dynamic allocation plus static) and the ptxas lines. The
+ptxas log is only printed on a fresh compile, so it is kept next to Triton's cache entry
+(``<cache>/lotts_aot/<hash>.json``); a cached kernel without that record is compiled once more
+into a private cache directory to get it.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # Triton is optional for lotts_kernels; launchers import Launch without it
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+# cudaDevAttrMaxSharedMemoryPerBlockOptin (static + dynamic shared memory of one block), from
+# the CUDA C Programming Guide's table of technical specifications: compute capability 8.0
+# (A100) 163 KB, 9.0 (H100/H200) 227 KB. 8.6/8.9 have 99 KB; our AOT targets are 80 and 90.
+SHARED_MEMORY_PER_BLOCK = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+TARGET_CAPABILITIES = (80, 90)
+
+
+def target(capability: int) -> "GPUTarget":
+    from triton.backends.compiler import GPUTarget
+
+    return GPUTarget("cuda", capability, 32)
+
+
+@dataclass
+class Launch:
+    """One kernel launch as a launcher makes it: ``kernel[grid](*args, **kwargs)``.
+
+    Launchers build it with the tensors they would launch on and run it; the AOT checks build it
+    with the same code on ``meta`` tensors and compile it instead.
+    """
+
+    kernel: Any              # a LazyJit / JITFunction / Autotuner
+    grid: Any
+    args: tuple
+    kwargs: dict
+
+    def run(self) -> None:
+        self.kernel[self.grid](*self.args, **self.kwargs)
+
+    def jit_function(self) -> Any:
+        """The compiled-mode ``triton.JITFunction`` behind `kernel` (unwrapping lazy/autotune)."""
+        from triton.runtime.jit import JITFunction
+
+        kernel = self.kernel
+        if hasattr(kernel, "get"):          # lotts_kernels.triton_utils.LazyJit
+            kernel = kernel.get(False)
+        while not isinstance(kernel, JITFunction):  # triton.autotune's Autotuner wraps .fn
+            kernel = kernel.fn
+        return kernel
+
+    def with_config(self, config: Any) -> "Launch":
+        """The launch an autotuner makes with `config` (its constexprs and num_warps/stages)."""
+        return Launch(self.kernel, self.grid, self.args, {**self.kwargs, **config.all_kwargs()})
+
+
+@dataclass
+class Resources:
+    """Per-block resources of one compiled kernel (ptxas -v and Triton's metadata)."""
+
+    kernel: str
+    capability: int
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    stack: int
+    shared: int              # Triton's dynamic shared memory (metadata.shared)
+    static_shared: int       # ptxas "smem" (static __shared__), 0 for most Triton kernels
+    num_warps: Optional[int] = None    # None for CUDA C++ kernels (block size set at launch)
+    num_stages: Optional[int] = None
+    ptxas: list[str] = field(default_factory=list)
+
+    @property
+    def total_shared(self) -> int:
+        return self.shared + self.static_shared
+
+    def problems(self) -> list[str]:
+        """Why this kernel must not be launched on its target: spills, too much shared memory."""
+        found = []
+        if self.spill_stores or self.spill_loads:
+            found.append(f"spills registers ({self.spill_stores} B stores, {self.spill_loads} B "
+                         f"loads, {self.stack} B stack, {self.registers} registers)")
+        limit = SHARED_MEMORY_PER_BLOCK[self.capability]
+        if self.total_shared > limit:
+            found.append(f"needs {self.total_shared} B of shared memory; sm_{self.capability} "
+                         f"allows {limit} B per block")
+        return found
+
+
+_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_REGISTERS = re.compile(r"Used (\d+) registers")
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def parse_ptxas(log: str) -> dict[str, dict[str, int]]:
+    """Per entry function of a ``ptxas -v`` log: registers, spill_stores, spill_loads, stack and
+    static_shared (bytes of static ``__shared__``)."""
+    entries = {}
+    for block in re.split(r"(?=ptxas[\w-]* info\s*: Compiling entry function)", log)[1:]:
+        name = re.search(r"Compiling entry function '([^']+)'", block).group(1)
+        spills = _SPILLS.search(block)
+        registers = _REGISTERS.search(block)
+        if spills is None or registers is None:
+            raise ValueError(f"unrecognised ptxas -v entry for {name}:\n{block}")
+        smem = _SMEM.search(block)
+        entries[name] = {"registers": int(registers.group(1)), "stack": int(spills.group(1)),
+                         "spill_stores": int(spills.group(2)),
+                         "spill_loads": int(spills.group(3)),
+                         "static_shared": int(smem.group(1)) if smem else 0}
+    if not entries:
+        raise ValueError(f"no entry function in the ptxas -v log:\n{log}")
+    return entries
+
+
+def specialize(launch: Launch, gpu: "GPUTarget") -> tuple["ASTSource", dict]:
+    """The (source, options) ``kernel[grid](*args, **kwargs)`` would compile for `gpu`.
+
+    Mirrors ``JITFunction.run``: its default options, its binder (argument specialization:
+    16-divisible integers and pointers, integers equal to 1, do_not_specialize) and
+    ``_pack_args``, with the target's backend in place of the active driver's.
+    """
+    from triton import knobs
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    jit = launch.jit_function()
+    kwargs = dict(launch.kwargs)
+    kwargs["debug"] = kwargs.get("debug", jit.debug) or knobs.runtime.debug
+    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
+    backend = make_backend(gpu)
+    binder = create_function_from_signature(jit.signature, jit.params, backend)
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = jit._pack_args(backend, kwargs, bound,
+                                                           specialization, options)
+    return ASTSource(jit, signature, constexprs, attrs), options.__dict__
+
+
+def _compile_logged(source: "ASTSource", gpu: "GPUTarget", options: dict):
+    """triton.compile with ptxas's -v log captured (printed by Triton only on a fresh compile)."""
+    import triton
+    from triton import knobs
+
+    printed = io.StringIO()
+    with knobs.nvidia.scope(), contextlib.redirect_stdout(printed):
+        knobs.nvidia.dump_ptxas_log = True
+        kernel = triton.compile(source, target=gpu, options=options)
+    return kernel, printed.getvalue()
+
+
+def _records() -> Path:
+    """Our records next to Triton's cache (ptxas logs, nvcc logs)."""
+    from triton import knobs
+
+    return Path(knobs.cache.dir) / "lotts_aot"
+
+
+def _record_path(kernel_hash: str, capability: int) -> Path:
+    return _records() / f"{kernel_hash}-sm{capability}.json"
+
+
+def compile_launch(launch: Launch, capability: int) -> Resources:
+    """Compile `launch` for sm_`capability`; raises Triton's error if it does not compile."""
+    from triton import knobs
+
+    gpu = target(capability)
+    source, options = specialize(launch, gpu)
+    kernel, log = _compile_logged(source, gpu, options)
+    record = _record_path(kernel.hash, capability)
+    if "Compiling entry function" in log:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"ptxas": log}))
+    elif record.is_file():
+        log = json.loads(record.read_text())["ptxas"]
+    else:  # compiled earlier by a normal launch: compile once more, privately, for the log
+        with tempfile.TemporaryDirectory() as private, knobs.cache.scope():
+            knobs.cache.dir = private
+            kernel, log = _compile_logged(source, gpu, options)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"ptxas": log}))
+    lines = [line.strip() for line in log.splitlines() if "ptxas" in line or "bytes" in line]
+    meta = kernel.metadata
+    (fields,) = parse_ptxas(log).values()
+    return Resources(kernel=kernel.name, capability=capability, shared=meta.shared,
+                     num_warps=meta.num_warps, num_stages=meta.num_stages, ptxas=lines, **fields)
+
+
+def as_row(resources: Resources) -> dict[str, Any]:
+    row = asdict(resources)
+    row.pop("ptxas")
+    return row
+
+
+# ----- the CUDA C++ sources (csrc/) -----------------------------------------------------------
+
+def find_nvcc() -> Optional[str]:
+    """nvcc of $CUDA_HOME / $CUDA_PATH / torch's CUDA_HOME / /usr/local/cuda, else on PATH."""
+    from torch.utils import cpp_extension
+
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                 cpp_extension.CUDA_HOME, "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / "nvcc").exists():
+            return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+def _nvcc() -> str:
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise FileNotFoundError("nvcc not found: set CUDA_HOME to a CUDA toolkit")
+    return nvcc
+
+
+def _demangle(names: list[str]) -> list[str]:
+    cufilt = Path(_nvcc()).with_name("cu++filt")
+    if not cufilt.exists():
+        return names
+    out = subprocess.run([str(cufilt)], input="\n".join(names), capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    return out if len(out) == len(names) else names
+
+
+def nvcc_command(source: Path, capability: int, output: Path) -> list[str]:
+    """nvcc -c of one csrc/*.cu file with the flags of the extension build (torch's common nvcc
+    flags, ours, the architecture's), plus ``-Xptxas -v``."""
+    from torch.utils import cpp_extension
+
+    from lotts_kernels.backends import cuda_extension
+
+    major, minor = divmod(capability, 10)
+    return [_nvcc(), "-c", str(source), "-o", str(output), f"-I{cuda_extension.source_dir()}",
+            *cpp_extension.COMMON_NVCC_FLAGS, *cuda_extension.EXTRA_CUDA_CFLAGS, *cuda_extension.arch_flags((major, minor)),
+            "-Xptxas", "-v"]
+
+
+@functools.lru_cache(maxsize=None)
+def _nvcc_log(command: tuple[str, ...], sources_digest: str) -> str:
+    """ptxas -v log of one nvcc command, cached next to Triton's cache by sources and flags."""
+    key = hashlib.sha256(repr((command[1:], sources_digest)).encode()).hexdigest()[:24]
+    record = _records() / f"nvcc-{key}.log"
+    if record.is_file():
+        return record.read_text()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"nvcc failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(done.stderr)
+    return done.stderr
+
+
+def compile_cuda_source(source: Path, capability: int) -> list[Resources]:
+    """Resources of every kernel in one CUDA source compiled for sm_`capability`."""
+    from lotts_kernels.backends import cuda_extension
+
+    digest = hashlib.sha256()
+    for path in cuda_extension.source_files():
+        digest.update(path.name.encode() + path.read_bytes())
+    with tempfile.TemporaryDirectory() as scratch:
+        command = tuple(nvcc_command(source, capability, Path(scratch) / "kernel.o"))
+        log = _nvcc_log(command, digest.hexdigest())
+    entries = parse_ptxas(log)
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    return [Resources(kernel=name, capability=capability, shared=0, ptxas=lines, **fields)
+            for name, fields in zip(_demangle(list(entries)), entries.values())]
