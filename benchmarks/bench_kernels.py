@@ -31,7 +31,10 @@ import torch
 import torch.nn.functional as F
 
 import lotts_kernels
-from lotts_kernels import _dispatch, reference
+from lotts_kernels import dispatch
+from lotts_kernels.ops.attention import default_scale
+from lotts_kernels.ops.masked_noise_blend import masked_noise_blend_ref
+from lotts_kernels.ops.quality_mask import quality_mask_ref
 from lotts_kernels.demo import (materialized_attention_maps, materialized_propagate, plan_rounds,
                                 synced_timer)
 
@@ -99,7 +102,7 @@ def dtype_for(op: str, name: str) -> torch.dtype:
 def _cases() -> list:
     cases = []
     for op, shapes in OP_SHAPES.items():
-        impls = [n for n in _dispatch.IMPLEMENTATIONS if n in _dispatch.registered(op)]
+        impls = [n for n in dispatch.IMPLEMENTATIONS if n in dispatch.registered(op)]
         for name, variant in shapes:
             dtype = str(dtype_for(op, name)).removeprefix("torch.")
             for impl in impls + list(BASELINES[op]):
@@ -133,14 +136,14 @@ def case_data(op: str, name: str, variant: str, dtype: torch.dtype) -> CaseData:
         b, h, d = ATTENTION_BATCH, p.heads, p.head_dim
         lq = p.image_tokens + (p.text_tokens if p.joint else 0)
         lk = p.text_tokens if op == OP1 and not p.joint else lq
-        q, k, scale = randn(b, h, lq, d), randn(b, h, lk, d), reference.default_scale(d)
+        q, k, scale = randn(b, h, lq, d), randn(b, h, lk, d), default_scale(d)
         if op == OP1:
             v = randn(b, h, lk, d)
             index = torch.stack([torch.randperm(p.text_tokens, generator=torch.Generator()
                                                 .manual_seed(i))[:TOKENS] for i in range(b)])
             index = index.sort(dim=1).values.to(DEVICE)
             kwargs = {"q": q, "k": k, "v": v, "token_index": index}
-            with _dispatch.use_impl("ref"):
+            with dispatch.use_impl("ref"):
                 maps = lotts_kernels.attention_with_token_maps(**kwargs)[1]
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
             return CaseData(kwargs, (q, k, v, index, scale), {"out": out, "maps": maps},
@@ -149,7 +152,7 @@ def case_data(op: str, name: str, variant: str, dtype: torch.dtype) -> CaseData:
         maps = torch.rand(b, lk, CHANNELS, generator=gen, device=DEVICE)
         v_dv = randn(b, h, lk, d)
         kwargs = {"q": q, "k": k, "maps": maps}
-        with _dispatch.use_impl("ref"):
+        with dispatch.use_impl("ref"):
             out = lotts_kernels.attention_propagate(**kwargs)
         out_dv = F.scaled_dot_product_attention(q.float(), k.float(), v_dv.float())
         attention = b * h * lq * lk
@@ -161,7 +164,7 @@ def case_data(op: str, name: str, variant: str, dtype: torch.dtype) -> CaseData:
         n = math.prod(p.mask)
         diff, orig = randn(QUALITY_BATCH, n), randn(QUALITY_BATCH, n)
         args = (diff, orig, 1.0, 0.5)
-        heat, mask = reference.quality_mask(*args)
+        heat, mask = quality_mask_ref(*args)
         return CaseData({"diff": diff, "orig": orig, "lam": 1.0, "ratio": 0.5}, args,
                         {"heat": heat, "mask": mask}, f"B{QUALITY_BATCH} N{n}",
                         bytes=QUALITY_BATCH * n * (2 * 4 + 4 + 1))
@@ -173,7 +176,7 @@ def case_data(op: str, name: str, variant: str, dtype: torch.dtype) -> CaseData:
     moved = 3 * x0.numel() * x0.element_size() + mask.numel()  # x0, other, out; bool mask
     buffer = torch.randint(0, 256, (moved // 2,), dtype=torch.uint8, generator=gen, device=DEVICE)
     kwargs = {"x0": x0, "other": other, "mask": mask, "alpha": alpha, "sigma": sigma, "seed": seed}
-    return CaseData(kwargs, args, {"out": reference.masked_noise_blend(*args), "copy": buffer},
+    return CaseData(kwargs, args, {"out": masked_noise_blend_ref(*args), "copy": buffer},
                     f"B{b} {p.latent} mask {p.mask}" + (" seed noise" if seeded else " sigma=0"),
                     bytes=moved, extra={"buffer": buffer})
 
@@ -183,7 +186,7 @@ def case_data(op: str, name: str, variant: str, dtype: torch.dtype) -> CaseData:
 def runner(op: str, impl: str, data: CaseData) -> tuple[Callable[[], Any], tuple[str, ...]]:
     """A zero-argument call of `impl` (an implementation or a baseline) and its output names."""
     x = data.kwargs
-    if impl in _dispatch.IMPLEMENTATIONS:  # the public op; the caller forces `impl`
+    if impl in dispatch.IMPLEMENTATIONS:  # the public op; the caller forces `impl`
         return partial(getattr(lotts_kernels, op), **x), OUTPUTS[op]
     if impl == "sdpa":
         return partial(F.scaled_dot_product_attention, x["q"], x["k"], x["v"]), ("out",)
@@ -195,7 +198,7 @@ def runner(op: str, impl: str, data: CaseData) -> tuple[Callable[[], Any], tuple
         return partial(materialized, **x), OUTPUTS[op]
     if impl == "copy":
         return data.extra["buffer"].clone, ("copy",)
-    function = getattr(reference, op)
+    function = dispatch.registered(op)["ref"].fn
     if impl == "compile":
         torch.compiler.reset()
         function = torch.compile(function, dynamic=False)
@@ -304,12 +307,12 @@ def test_bench(benchmark, op: str, name: str, variant: str, dtype: str, impl: st
     torch_dtype = getattr(torch, dtype)
     data = case_data(op, name, variant, torch_dtype)
     fn, names = runner(op, impl, data)
-    is_impl = impl in _dispatch.IMPLEMENTATIONS
-    with _dispatch.use_impl(impl if is_impl else "auto"):
+    is_impl = impl in dispatch.IMPLEMENTATIONS
+    with dispatch.use_impl(impl if is_impl else "auto"):
         start = time.perf_counter()
         try:
             outputs = fn()  # first call: builds, compiles, autotunes
-        except (_dispatch.KernelUnavailableError, ImportError) as error:
+        except (dispatch.KernelUnavailableError, ImportError) as error:
             pytest.skip(f"{impl} unavailable: {error}")
         except Exception as error:  # a broken baseline compile is a note, not a kernel bug
             if impl != "compile":
@@ -324,8 +327,7 @@ def test_bench(benchmark, op: str, name: str, variant: str, dtype: str, impl: st
         benchmark.pedantic(fn, rounds=rounds, iterations=iterations,
                            warmup_rounds=int(iterations > 1))
     median = benchmark.stats.stats.median
-    tensors = [a for a in data.args if isinstance(a, torch.Tensor)]
-    auto_impl = _dispatch.select(op, tensors, data.args).name  # after any lazy build/load
+    auto_impl = dispatch.select(op, data.args).name  # after any lazy build/load
     flops = data.flops.get(impl, data.flops.get(""))
     benchmark.extra_info.update(
         CONTEXT, op=op, preset=name, variant=variant, shape=data.shape, dtype=dtype, impl=impl,

@@ -59,7 +59,7 @@ bench() {  # bench NAME MAX_SECONDS PYTEST_K_EXPRESSION [ENV=VALUE...]
 if [ "$MODE" = gpu ]; then
   [ -f lotts_kernels/env.py ] && stage env 30 "$PY" -m lotts_kernels.env
   stage nvidia_smi 15 nvidia-smi
-  stage build 120 "$PY" -m lotts_kernels.backends.cuda_extension
+  stage build 120 "$PY" -m lotts_kernels.cuda_build
   stage gpu_tests 90 "$PY" -m pytest tests -m gpu -q -rs -p no:cacheprovider
   bench attention_with_token_maps 60 attention_with_token_maps
   bench attention_propagate 60 attention_propagate

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from lotts_kernels import _dispatch
+from lotts_kernels import dispatch, triton_utils
 from lotts_kernels._version import __version__
 
 
@@ -19,22 +19,20 @@ def _version(module: str) -> str:
         return f"not available ({type(error).__name__})"
 
 
-def _probe_tensors(device: torch.device) -> list[torch.Tensor]:
-    return [torch.empty(1, device=device)]
-
-
 def availability(device: Optional[torch.device] = None) -> dict[str, dict[str, Optional[str]]]:
-    """For each op and implementation: None if it can run on `device`, else the reason."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tensors = _probe_tensors(device)
+    """For each op and implementation: None if it can run float32 inputs on `device` (size
+    limits aside), else its reasons."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     table: dict[str, dict[str, Optional[str]]] = {}
-    for op in _dispatch.ops():
+    for op in dispatch.ops():
         table[op] = {}
-        for name in _dispatch.IMPLEMENTATIONS:
-            if name not in _dispatch.registered(op):
+        implementations = dispatch.registered(op)
+        for name in dispatch.PREFERENCE:
+            if name not in implementations:
                 table[op][name] = "not implemented for this op"
-            else:
-                table[op][name] = _dispatch.backend_reason(name, tensors)
+                continue
+            reasons = implementations[name].static_reasons(device, (torch.float32,), True)
+            table[op][name] = "; ".join(reasons) if reasons else None
     return table
 
 
@@ -50,8 +48,8 @@ def versions() -> dict[str, str]:
         "diffusers": _version("diffusers"),
         "transformers": _version("transformers"),
         "device": device,
-        "LOTTS_KERNELS_IMPL": _dispatch.requested(),
-        "TRITON_INTERPRET": "1" if _dispatch.triton_interpreting() else "0",
+        "LOTTS_KERNELS_IMPL": dispatch.requested(),
+        "TRITON_INTERPRET": "1" if triton_utils.interpreting() else "0",
     }
 
 

@@ -6,15 +6,19 @@ numbers: as easy as 1, 2, 3", the generator of cuRAND and Triton) with key
 output words become uniforms in (0, 1) through their top 24 bits, u = (w >> 8 + 0.5) / 2^24, and
 a Box-Muller transform gives eps_i = sqrt(-2 ln u1) * cos(2 pi u2).
 
-The reference here runs on any device with int64 arithmetic; the Triton and CUDA kernels compute
-the same integers, so every implementation draws the same noise up to float rounding of log,
-sqrt and cos. The noise depends only on the seed and the element index, never on launch grids.
+The reference here runs on any device with int64 arithmetic; the Triton helper
+:func:`philox_normal_triton` below reads the very constants of this module (as constexprs), and
+csrc/lotts_common.cuh repeats them in C++ (a test checks they agree), so every implementation
+draws the same integers and the same noise up to float rounding of log, sqrt and cos. The noise
+depends only on the seed and the element index, never on launch grids.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+from lotts_kernels.triton_utils import jit, libdevice, tl
 
 MULTIPLIER_0 = 0xD2511F53
 MULTIPLIER_1 = 0xCD9E8D57
@@ -66,3 +70,37 @@ def normal(seed: int, shape, device: torch.device | str = "cpu") -> torch.Tensor
     u1, u2 = uniform_from_word(w0), uniform_from_word(w1)
     eps = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(TWO_PI * u2)
     return eps.reshape(shape)
+
+
+@jit(constants=("MULTIPLIER_0", "MULTIPLIER_1", "WEYL_0", "WEYL_1", "ROUNDS", "UNIFORM_SCALE",
+                "TWO_PI"))
+def philox_normal_triton(index, seed_lo, seed_hi, INT64: tl.constexpr, PRECISE: tl.constexpr):
+    """Triton: eps for element indices `index` (int32, or int64 when INT64) and a seed given as
+    its two 32-bit words; the same integers as :func:`normal`. PRECISE uses libdevice's log/cos
+    and IEEE sqrt (GPUs); the interpreter uses numpy's."""
+    c0 = index.to(tl.uint32)  # truncation: low 32 bits of the index
+    if INT64:
+        c1 = (index >> 32).to(tl.uint32)
+    else:
+        c1 = tl.zeros_like(c0)
+    c2 = tl.zeros_like(c0)
+    c3 = tl.zeros_like(c0)
+    k0 = seed_lo.to(tl.uint32)
+    k1 = seed_hi.to(tl.uint32)
+    for _ in tl.static_range(ROUNDS):
+        prev0 = c0
+        prev2 = c2
+        c0 = tl.umulhi(prev2, MULTIPLIER_1) ^ c1 ^ k0
+        c2 = tl.umulhi(prev0, MULTIPLIER_0) ^ c3 ^ k1
+        c1 = prev2 * MULTIPLIER_1
+        c3 = prev0 * MULTIPLIER_0
+        k0 = k0 + WEYL_0
+        k1 = k1 + WEYL_1
+    u1 = ((c0 >> 8).to(tl.float32) + 0.5) * UNIFORM_SCALE
+    u2 = ((c1 >> 8).to(tl.float32) + 0.5) * UNIFORM_SCALE
+    theta = TWO_PI * u2  # float32(2*pi) * u2, as the reference rounds it
+    if PRECISE:
+        eps = libdevice.sqrt_rn(-2.0 * libdevice.log(u1)) * libdevice.cos(theta)
+    else:
+        eps = tl.sqrt(-2.0 * tl.log(u1)) * tl.cos(theta)
+    return eps

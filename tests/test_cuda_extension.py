@@ -22,8 +22,10 @@ import pytest
 import torch
 
 import lotts_kernels
-from lotts_kernels import KernelUnavailableError, philox, reference, use_impl
-from lotts_kernels.backends import cuda_extension
+from lotts_kernels import KernelUnavailableError, philox, use_impl
+from lotts_kernels import cuda_build
+from lotts_kernels.ops import masked_noise_blend as blend_op
+from lotts_kernels.ops import quality_mask as quality_mask_op
 from tests.helpers import assert_close, seeded, tolerance
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,9 +140,9 @@ def test_binding_passes_host_syntax_check(compiles):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_unavailable_reason_without_gpu():
-    reason = cuda_extension.unavailable_reason()
+    reason = cuda_build.unavailable_reason()
     assert isinstance(reason, str) and "CUDA" in reason
-    assert cuda_extension.unavailable_reason(build=True) == reason  # no build attempted
+    assert cuda_build.unavailable_reason(build=True) == reason  # no build attempted
 
 
 def test_explicit_cuda_request_on_cpu_tensors_raises(monkeypatch):
@@ -158,7 +160,7 @@ def test_auto_dispatch_never_builds(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("automatic dispatch must not compile")
 
-    monkeypatch.setattr(cuda_extension, "_compile", forbidden)
+    monkeypatch.setattr(cuda_build, "_compile", forbidden)
     monkeypatch.delenv("LOTTS_KERNELS_IMPL", raising=False)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x0 = torch.randn(2, 3, 4, 4, device=device)
@@ -168,54 +170,54 @@ def test_auto_dispatch_never_builds(monkeypatch):
 
 
 def test_sources_found_and_cache_key():
-    assert cuda_extension.source_dir() == CSRC
-    names = {p.name for p in cuda_extension.source_files()}
+    assert cuda_build.source_dir() == CSRC
+    names = {p.name for p in cuda_build.source_files()}
     assert {"binding.cpp", "quality_mask.cu", "masked_noise_blend.cu"} <= names
-    key = cuda_extension.build_key((9, 0))
-    assert len(key) == 16 and key == cuda_extension.build_key((9, 0))
-    assert key != cuda_extension.build_key((8, 0))
-    assert cuda_extension.module_name(key).endswith(key)
+    key = cuda_build.build_key((9, 0))
+    assert len(key) == 16 and key == cuda_build.build_key((9, 0))
+    assert key != cuda_build.build_key((8, 0))
+    assert cuda_build.module_name(key).endswith(key)
 
 
 def test_cache_dir_honours_env(monkeypatch, tmp_path):
     monkeypatch.setenv("LOTTS_KERNELS_CACHE", str(tmp_path))
-    directory = cuda_extension.build_dir((9, 0))
+    directory = cuda_build.build_dir((9, 0))
     assert directory.parent.parent == tmp_path
 
 
 def test_arch_flags():
-    hopper = cuda_extension.arch_flags((9, 0))
+    hopper = cuda_build.arch_flags((9, 0))
     assert "-gencode=arch=compute_90a,code=sm_90a" in hopper
     assert any("code=compute_90" in f for f in hopper)  # PTX for forward compatibility
-    ampere = cuda_extension.arch_flags((8, 6))
+    ampere = cuda_build.arch_flags((8, 6))
     assert ampere == ["-gencode=arch=compute_86,code=sm_86",
                       "-gencode=arch=compute_86,code=compute_86"]
-    assert not any("fast_math" in f for f in cuda_extension.EXTRA_CUDA_CFLAGS)
+    assert not any("fast_math" in f for f in cuda_build.EXTRA_CUDA_CFLAGS)
 
 
 def test_stale_lock_is_removed(tmp_path):
     lock = tmp_path / "lock"
     lock.write_text("")
-    cuda_extension._remove_stale_lock(tmp_path)
+    cuda_build._remove_stale_lock(tmp_path)
     assert lock.exists()  # fresh: another process may be building
-    old = time.time() - cuda_extension.STALE_LOCK_SECONDS - 60
+    old = time.time() - cuda_build.STALE_LOCK_SECONDS - 60
     os.utime(lock, (old, old))
-    cuda_extension._remove_stale_lock(tmp_path)
+    cuda_build._remove_stale_lock(tmp_path)
     assert not lock.exists()
 
 
 def test_build_failures_are_cached(monkeypatch):
-    monkeypatch.setattr(cuda_extension, "_failure", "building the CUDA extension failed: boom")
-    monkeypatch.setattr(cuda_extension, "_module", None)
-    assert "boom" in cuda_extension.unavailable_reason(build=True)
+    monkeypatch.setattr(cuda_build, "_failure", "building the CUDA extension failed: boom")
+    monkeypatch.setattr(cuda_build, "_module", None)
+    assert "boom" in cuda_build.unavailable_reason(build=True)
     with pytest.raises(RuntimeError, match="boom"):
-        cuda_extension.build()
+        cuda_build.build()
 
 
 def test_main_reports_reason_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("would build on a GPU machine")
-    done = subprocess.run([sys.executable, "-m", "lotts_kernels.backends.cuda_extension"],
+    done = subprocess.run([sys.executable, "-m", "lotts_kernels.cuda_build"],
                           capture_output=True, text=True, timeout=120, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
     assert done.returncode == 1 and "CUDA" in done.stderr
@@ -224,9 +226,9 @@ def test_main_reports_reason_without_gpu():
 def test_limits():
     x0 = torch.empty(2, 3, 4, 5, 6)
     mask = torch.ones(2, 1, 4, 1, 6, dtype=torch.bool)
-    assert "4 index dims" in cuda_extension.masked_noise_blend_limits(
-        x0, x0, mask, None, 1.0, None, 0.0, None, None, False)
-    assert cuda_extension.quality_mask_limits(torch.empty(2, 10), None, 1.0, 0.5) is None
+    assert "4 index dims" in blend_op.masked_noise_blend_limits(
+        x0, x0, mask, None, 1.0, None, 0.0, None, None, False)[0]
+    assert quality_mask_op.quality_mask_cuda_limits(torch.empty(2, 10), None, 1.0, 0.5) == []
 
 
 # ----- (d) on a GPU ---------------------------------------------------------------------------
@@ -236,7 +238,7 @@ GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 @pytest.fixture(scope="module")
 def ext():
-    return cuda_extension.build()
+    return cuda_build.build()
 
 
 def _gpu_rows(kind, batch, n, dtype, seed):
@@ -258,16 +260,16 @@ def test_gpu_quality_mask(ext, dtype, n, kind):
     for ratio, lam in ((0.0, 1.0), (1.0, 0.0), (0.5, 2.0), (0.33, -0.5)):
         with use_impl("cuda"):
             heat, mask = lotts_kernels.quality_mask(diff, orig, lam=lam, ratio=ratio)
-        heat_ref, mask_ref = reference.quality_mask(diff, orig, lam, ratio)
+        heat_ref, mask_ref = quality_mask_op.quality_mask_ref(diff, orig, lam, ratio)
         assert torch.equal(heat, heat_ref), "heat must match the reference bit for bit"
-        assert bool((mask.sum(1) == reference.num_selected(ratio, n)).all())
+        assert bool((mask.sum(1) == quality_mask_op.num_selected(ratio, n)).all())
         assert torch.equal(mask, mask_ref)
 
 
 @pytest.mark.gpu
 def test_gpu_quality_mask_constant_rows(ext):
     diff = torch.full((2, 513), 3.0, device="cuda")
-    heat, mask = cuda_extension.quality_mask(diff, diff.clone(), 2.0, 0.5)
+    heat, mask = quality_mask_op.quality_mask_cuda(diff, diff.clone(), 2.0, 0.5)
     assert torch.equal(heat, torch.zeros_like(heat))
     assert mask[:, :256].all() and not mask[:, 256:].any()  # round(256.5) = 256, lowest indices
 
@@ -275,7 +277,7 @@ def test_gpu_quality_mask_constant_rows(ext):
 @pytest.mark.gpu
 @pytest.mark.parametrize("seed", [0, 1, 2**32 + 5, 2**63 - 1])
 def test_gpu_philox_matches_reference(ext, seed):
-    eps = cuda_extension.philox_normal(seed, 3 * 1000 * 37, "cuda")
+    eps = blend_op.philox_normal_cuda_eps(seed, 3 * 1000 * 37, "cuda")
     expected = philox.normal(seed, (3 * 1000 * 37,), device="cuda")
     assert_close(eps, expected, atol=1e-5, rtol=1e-5, what="philox eps")
 
@@ -298,7 +300,7 @@ def _gpu_blend_case(dtype, shape, mask, alpha, sigma, noise=None, seed=None, inv
         assert torch.equal(out, expected)
     else:
         assert_close(out, expected, *tolerance(dtype))
-    m = reference.expand_mask(mask, x0.shape).float()
+    m = blend_op.expand_mask(mask, x0.shape).float()
     zero = (1.0 - m if invert else m) == 0
     assert torch.equal(out[zero], other[zero].to(out.dtype))
 

@@ -1,4 +1,7 @@
-"""The ops are torch custom ops: opcheck passes and torch.compile traces with no graph break."""
+"""The ops are torch custom ops: opcheck passes and torch.compile traces with no graph break.
+
+The custom ops' last argument is the requested implementation ("" = use_impl / env / auto), so
+that a compiled graph still runs what its caller asked for."""
 from __future__ import annotations
 
 import pytest
@@ -11,16 +14,16 @@ from tests.helpers import randn
 def sample_calls():
     q, k, v = randn(2, 2, 9, 8, seed=1), randn(2, 2, 11, 8, seed=2), randn(2, 2, 11, 8, seed=3)
     index = torch.tensor([[0, 4], [1, 10]])
-    yield torch.ops.lotts.attention_with_token_maps.default, (q, k, v, index, 0.35)
-    yield torch.ops.lotts.attention_propagate.default, (q, k, randn(2, 11, 2, seed=4), 0.35)
-    yield torch.ops.lotts.quality_mask.default, (randn(2, 13, seed=5), randn(2, 13, seed=6), 1.0, 0.5)
+    yield torch.ops.lotts.attention_with_token_maps.default, (q, k, v, index, 0.35, "")
+    yield torch.ops.lotts.attention_propagate.default, (q, k, randn(2, 11, 2, seed=4), 0.35, "ref")
+    yield torch.ops.lotts.quality_mask.default, (randn(2, 13, seed=5), randn(2, 13, seed=6), 1.0, 0.5, "")
     x0, other = randn(2, 4, 6, 6, seed=7), randn(2, 4, 6, 6, seed=8)
     mask = torch.rand(2, 1, 3, 3, generator=torch.Generator().manual_seed(9)) > 0.5
     yield torch.ops.lotts.masked_noise_blend.default, (
-        x0, other, mask, None, 0.8, torch.tensor([0.1, 0.2]), 0.0, None, 5, False)
+        x0, other, mask, None, 0.8, torch.tensor([0.1, 0.2]), 0.0, None, 5, False, "")
     yield torch.ops.lotts.masked_noise_blend.default, (
         x0, other, mask.float(), torch.tensor([0.9, 0.7]), 0.0, None, 0.4, randn(2, 4, 6, 6, seed=10),
-        None, True)
+        None, True, "auto")
 
 
 @pytest.mark.parametrize("op, args", list(sample_calls()), ids=lambda v: str(v)[:40])

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lotts_kernels as kernels
-from lotts_kernels import philox, reference
+from lotts_kernels import philox
+from lotts_kernels.ops import attention
 from tests.helpers import assert_close, randn, tolerance
 
 ATTENTION_SHAPES = [  # (B, H, Lq, Lk, D, T)
@@ -20,7 +21,7 @@ ATTENTION_SHAPES = [  # (B, H, Lq, Lk, D, T)
 
 
 def naive_token_maps(q, k, token_index, scale):
-    probs = reference.naive_attention_probs(q, k, scale)  # (B, H, Lq, Lk) float64
+    probs = attention.naive_attention_probs(q, k, scale)  # (B, H, Lq, Lk) float64
     rows = token_index.expand(q.shape[0], -1) if token_index.dim() == 1 else token_index
     picked = torch.stack([probs[b][..., rows[b]] for b in range(q.shape[0])])
     return picked.mean(dim=1)
@@ -70,7 +71,7 @@ def test_propagate_matches_naive(shape, channels):
     q, k = randn(batch, heads, lq, d, seed=11), randn(batch, heads, lk, d, seed=12)
     maps = randn(batch, lk, channels, seed=13)
     out = kernels.attention_propagate(q, k, maps)
-    expected = reference.naive_attention_probs(q, k, d ** -0.5).mean(1) @ maps.double()
+    expected = attention.naive_attention_probs(q, k, d ** -0.5).mean(1) @ maps.double()
     assert out.dtype == torch.float32
     assert_close(out, expected, 1e-6, 1e-5)
 
@@ -84,11 +85,11 @@ def test_reference_attention_is_chunked_within_budget(monkeypatch):
         largest.append(x.numel() * x.element_size())
         return real_softmax(x, dim)
 
-    monkeypatch.setattr(reference.torch, "softmax", spying_softmax)
+    monkeypatch.setattr(attention.torch, "softmax", spying_softmax)
     q, k = randn(1, 2, 4096, 8, seed=14), randn(1, 2, 4096, 8, seed=15)
-    out = reference.attention_propagate(q, k, randn(1, 4096, 2, seed=16), 8 ** -0.5)
+    out = attention.attention_propagate_ref(q, k, randn(1, 4096, 2, seed=16), 8 ** -0.5)
     assert out.shape == (1, 4096, 2)
-    assert max(largest) <= reference.SCORE_BUDGET_BYTES
+    assert max(largest) <= attention.SCORE_BUDGET_BYTES
     assert len(largest) > 1
 
 

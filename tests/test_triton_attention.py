@@ -1,10 +1,9 @@
-"""Triton attention kernels against lotts_kernels.reference.
+"""Triton attention kernels against the references in lotts_kernels.ops.attention.
 
-Without CUDA the kernels run in the Triton interpreter on CPU tensors (float32/float16). Triton
-decides interpreted-or-compiled when ``@triton.jit`` runs, i.e. when the backend module is first
-imported, not when ``triton`` is imported; so the flag is set here before that import, and
-:func:`_backend` reloads the module if something imported it earlier with the other setting.
-With CUDA the same tests run compiled on the GPU, plus the ``gpu``-marked realistic-shape tests.
+Without CUDA the kernels run in the Triton interpreter on CPU tensors (float32/float16). The
+kernels are decorated lazily, per mode, on first use (lotts_kernels.triton_utils), so setting
+TRITON_INTERPRET before the first call is enough: no module reload. With CUDA the same tests run
+compiled on the GPU, plus the ``gpu``-marked realistic-shape tests.
 
 Not tested here (needs a GPU and a memory profiler): that op 1 never allocates a (B,H,Lq,Lk)
 tensor. By construction it does not: the launcher allocates only out (B,H,Lq,Dv) and a per-head
@@ -12,7 +11,6 @@ tensor. By construction it does not: the launcher allocates only out (B,H,Lq,Dv)
 """
 from __future__ import annotations
 
-import importlib
 import os
 
 import pytest
@@ -23,30 +21,17 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import lotts_kernels  # noqa: E402
-from lotts_kernels import _dispatch, reference  # noqa: E402
+from lotts_kernels import triton_utils  # noqa: E402
+from lotts_kernels.ops import attention  # noqa: E402
 from tests.helpers import assert_close, assert_error_within, randn, tolerance  # noqa: E402
 
-INTERPRETING = _dispatch.triton_interpreting()
+INTERPRETING = triton_utils.interpreting()
 DEVICE = "cpu" if INTERPRETING else "cuda"
-BACKEND = "lotts_kernels.backends.triton_attention"
 
 pytestmark = pytest.mark.skipif(
     not INTERPRETING and not torch.cuda.is_available(),
     reason="Triton needs CUDA or TRITON_INTERPRET=1",
 )
-
-
-def _backend():
-    """The backend module, (re)imported so its kernels match the current TRITON_INTERPRET."""
-    module = importlib.import_module(BACKEND)
-    if module._INTERPRETING != INTERPRETING:
-        module = importlib.reload(module)
-    return module
-
-
-@pytest.fixture(autouse=True)
-def _fresh_backend():
-    _backend()
 
 
 def _qkv(batch, heads, num_queries, num_keys, head_dim, value_dim, dtype, seed=0):
@@ -66,9 +51,9 @@ def _token_rows(batch, num_tokens, num_keys, seed=3):
 def _check_token_maps(q, k, v, token_index, scale=None):
     with lotts_kernels.use_impl("triton"):
         out, maps = lotts_kernels.attention_with_token_maps(q, k, v, token_index, scale)
-    scale = reference.default_scale(q.shape[-1]) if scale is None else scale
+    scale = attention.default_scale(q.shape[-1]) if scale is None else scale
     rows = token_index.expand(q.shape[0], token_index.shape[-1])
-    ref_out, ref_maps = reference.attention_with_token_maps(q.float(), k.float(), v.float(),
+    ref_out, ref_maps = attention.attention_with_token_maps_ref(q.float(), k.float(), v.float(),
                                                             rows, scale)
     assert out.dtype == q.dtype and maps.dtype == torch.float32
     assert_close(out, ref_out, *tolerance(q.dtype), what="out")
@@ -80,8 +65,8 @@ def _check_token_maps(q, k, v, token_index, scale=None):
 def _check_propagate(q, k, maps, scale=None):
     with lotts_kernels.use_impl("triton"):
         result = lotts_kernels.attention_propagate(q, k, maps, scale)
-    scale = reference.default_scale(q.shape[-1]) if scale is None else scale
-    expected = reference.attention_propagate(q.float(), k.float(), maps.float(), scale)
+    scale = attention.default_scale(q.shape[-1]) if scale is None else scale
+    expected = attention.attention_propagate_ref(q.float(), k.float(), maps.float(), scale)
     assert result.dtype == torch.float32
     assert_close(result, expected, *tolerance(q.dtype), what="propagated maps")
     return result
@@ -173,15 +158,15 @@ def test_propagate_strided_and_repeatable():
 # ----- limits ---------------------------------------------------------------------------------
 
 def test_limits_explain_refusals():
-    backend = _backend()
+    backend = attention
     q = torch.empty(1, 1, 4, 300)
     v = torch.empty(1, 1, 4, 8)
     index = torch.zeros(1, 1, dtype=torch.int64)
-    assert "head dim 300" in backend.attention_with_token_maps_limits(q, q, v, index, 1.0)
-    assert "value dim 300" in backend.attention_with_token_maps_limits(v, v, q, index, 1.0)
-    assert "65" in backend.attention_propagate_limits(v, v, torch.empty(1, 4, 65), 1.0)
-    assert backend.attention_propagate_limits(v, v, torch.empty(1, 4, 64), 1.0) is None
-    assert backend.attention_with_token_maps_limits(v, v, v, index, 1.0) is None
+    assert "head dim 300" in backend.attention_with_token_maps_limits(q, q, v, index, 1.0)[0]
+    assert "value dim 300" in backend.attention_with_token_maps_limits(v, v, q, index, 1.0)[0]
+    assert "65" in backend.attention_propagate_limits(v, v, torch.empty(1, 4, 65), 1.0)[0]
+    assert backend.attention_propagate_limits(v, v, torch.empty(1, 4, 64), 1.0) == []
+    assert backend.attention_with_token_maps_limits(v, v, v, index, 1.0) == []
 
 
 def test_explicit_triton_request_names_the_limit():
@@ -206,16 +191,16 @@ def test_gpu_token_maps_sd_shape(dtype):
     q, k, v = (randn(batch, heads, n, head_dim, dtype=dtype, seed=s, device="cuda")
                for s, n in ((80, num_queries), (81, num_keys), (82, num_keys)))
     token_index = torch.tensor([[1, 2, 5, 76], [3, 4, 9, 40]], device="cuda")
-    scale = reference.default_scale(head_dim)
+    scale = attention.default_scale(head_dim)
     with lotts_kernels.use_impl("triton"):
         out, maps = lotts_kernels.attention_with_token_maps(q, k, v, token_index, scale)
     gather = token_index[:, None, None, :].expand(batch, heads, num_queries, num_tokens)
-    exact = reference.naive_attention_probs(q, k, scale)
+    exact = attention.naive_attention_probs(q, k, scale)
     low = _low_precision_probs(q, k, scale)
     assert_error_within(out, torch.matmul(low, v), torch.matmul(exact, v.double()), what="out")
     assert_error_within(maps, low.gather(-1, gather).float().mean(1),
                         exact.gather(-1, gather).mean(1), what="maps")
-    _, ref_maps = reference.attention_with_token_maps(q, k, v, token_index, scale)
+    _, ref_maps = attention.attention_with_token_maps_ref(q, k, v, token_index, scale)
     assert_close(maps, ref_maps, *tolerance(dtype), what="maps vs reference")
 
 
@@ -226,11 +211,11 @@ def test_gpu_propagate_self_attention_shape(dtype):
     q = randn(batch, heads, length, head_dim, dtype=dtype, seed=90, device="cuda")
     k = randn(batch, heads, length, head_dim, dtype=dtype, seed=91, device="cuda")
     maps = torch.rand(batch, length, 2, generator=torch.Generator().manual_seed(92)).cuda()
-    scale = reference.default_scale(head_dim)
+    scale = attention.default_scale(head_dim)
     with lotts_kernels.use_impl("triton"):
         result = lotts_kernels.attention_propagate(q, k, maps, scale)
-    exact = torch.matmul(reference.naive_attention_probs(q, k, scale), maps.double()[:, None])
+    exact = torch.matmul(attention.naive_attention_probs(q, k, scale), maps.double()[:, None])
     low = torch.matmul(_low_precision_probs(q, k, scale), maps.to(dtype)[:, None])
     assert_error_within(result, low.float().mean(1), exact.mean(1), what="propagated maps")
-    expected = reference.attention_propagate(q, k, maps, scale)
+    expected = attention.attention_propagate_ref(q, k, maps, scale)
     assert_close(result, expected, *tolerance(dtype), what="propagated maps vs reference")

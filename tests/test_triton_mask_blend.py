@@ -4,9 +4,9 @@ On a CPU machine the kernels run under the Triton interpreter (TRITON_INTERPRET=
 tensors (float32/float16); with a GPU they run compiled on CUDA tensors (bfloat16 too).
 
 TRITON_INTERPRET: Triton 3.x reads it (triton.knobs.runtime.interpret) when a function is
-*decorated* with @triton.jit, not at launch. Our backends decorate lazily, once per mode, on
-first use (triton_blend.LazyKernel), so this module only needs the variable set while its tests
-run: a module-scoped fixture sets it (the dispatcher also reads it per call).
+*decorated* with @triton.jit, not at launch. Our kernels are decorated lazily, once per mode, on
+first use (lotts_kernels.triton_utils.LazyJit), so this module only needs the variable set while
+its tests run: a module-scoped fixture sets it (the dispatcher also reads it per call).
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lotts_kernels
-from lotts_kernels import KernelUnavailableError, philox, reference, use_impl
-from lotts_kernels.backends import triton_blend, triton_quality_mask
+from lotts_kernels import KernelUnavailableError, philox, triton_utils, use_impl
+from lotts_kernels.ops import masked_noise_blend as blend_op
+from lotts_kernels.ops import quality_mask as quality_mask_op
 from tests.helpers import assert_close, seeded, tolerance
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,9 +63,9 @@ def _rows(kind: str, batch: int, n: int, seed: int, dtype=torch.float32):
 def assert_mask_ok(heat, mask, diff, orig, lam, ratio):
     """Heat close to the reference; exactly k per row; mask equal to the reference's except at
     positions whose reference heat lies within THRESHOLD_SLACK of the row's k-th largest."""
-    heat_ref, mask_ref = reference.quality_mask(diff, orig, lam, ratio)
+    heat_ref, mask_ref = quality_mask_op.quality_mask_ref(diff, orig, lam, ratio)
     n = diff.shape[1]
-    k = reference.num_selected(ratio, n)
+    k = quality_mask_op.num_selected(ratio, n)
     assert heat.dtype == torch.float32 and mask.dtype == torch.bool
     assert_close(heat, heat_ref, atol=1e-6, rtol=1e-6, what="heat")
     counts = mask.sum(dim=1)
@@ -97,7 +98,7 @@ def test_quality_mask_matches_reference(n, kind):
 
 
 def test_quality_mask_row_longer_than_one_block():
-    n = triton_quality_mask.SINGLE_BLOCK_MAX + 3617  # looped over chunks
+    n = quality_mask_op.SINGLE_BLOCK_MAX + 3617  # looped over chunks
     diff, orig = _rows("ties", 1, n, seed=5)
     _run_quality_mask(diff, orig, 2.0, 0.33)
 
@@ -105,8 +106,8 @@ def test_quality_mask_row_longer_than_one_block():
 @pytest.mark.parametrize("n,ratio", [(1000, 0.5), (1031, 0.33), (600, 1.0), (700, 0.0)])
 def test_quality_mask_chunked_path(monkeypatch, n, ratio):
     """The multi-chunk path with small chunks: odd tails, ties across chunk borders."""
-    monkeypatch.setattr(triton_quality_mask, "SINGLE_BLOCK_MAX", 256)
-    monkeypatch.setattr(triton_quality_mask, "CHUNK_BLOCK", 256)
+    monkeypatch.setattr(quality_mask_op, "SINGLE_BLOCK_MAX", 256)
+    monkeypatch.setattr(quality_mask_op, "CHUNK_BLOCK", 256)
     diff, orig = _rows("ties", 2, n, seed=n)
     _run_quality_mask(diff, orig, 2.0, ratio)
 
@@ -137,8 +138,8 @@ def test_quality_mask_property(batch, n, ratio, lam, kind, seed):
 def test_quality_mask_interpreter_mode_follows_env():
     if DEVICE != "cpu":
         pytest.skip("interpreter-only check")
-    assert triton_blend.interpreting()
-    assert type(triton_quality_mask._QUALITY_MASK.get()).__name__ == "InterpretedFunction"
+    assert triton_utils.interpreting()
+    assert type(quality_mask_op._QUALITY_MASK.get()).__name__ == "InterpretedFunction"
 
 
 # ----- masked_noise_blend ---------------------------------------------------------------------
@@ -166,7 +167,7 @@ def _check_blend(x0, other, mask, alpha, sigma, noise=None, seed=None, invert=Fa
     assert out.dtype == x0.dtype and out.shape == x0.shape
     assert_close(out, expected, *tolerance(x0.dtype))
     # exactness: where the effective mask is 0, the output is `other`, bit for bit
-    m = reference.expand_mask(mask, x0.shape).float()
+    m = blend_op.expand_mask(mask, x0.shape).float()
     if invert:
         m = 1.0 - m
     zero = m == 0
@@ -249,9 +250,9 @@ def test_blend_mixed_dtypes():
 def test_blend_rank5_limits_and_fallback():
     x0, other = _inputs((2, 3, 4, 5, 6), torch.float32, seed=15)
     mask = (torch.rand(2, 1, 4, 1, 6, generator=seeded(16)) > 0.5).to(DEVICE)
-    reason = triton_blend.masked_noise_blend_limits(x0, other, mask, None, 1.0, None, 0.0,
-                                                    None, None, False)
-    assert reason is not None and "4 index dims" in reason
+    reasons = blend_op.masked_noise_blend_limits(x0, other, mask, None, 1.0, None, 0.0,
+                                                 None, None, False)
+    assert len(reasons) == 1 and "4 index dims" in reasons[0]
     with pytest.raises(KernelUnavailableError, match="4 index dims"):
         _blend(x0, other, mask, 1.0, 0.0)
     out = _blend(x0, other, mask, 1.0, 0.0, impl="auto")  # falls back quietly
@@ -308,10 +309,11 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
-from lotts_kernels.backends import triton_blend as tb, triton_quality_mask as tq
+from lotts_kernels.ops import masked_noise_blend as tb, quality_mask as tq
 
-def compile_(fn, signature, constexprs, div16, num_warps):
-    jitted = JITFunction(fn)
+def compile_(lazy, signature, constexprs, div16, num_warps):
+    jitted = lazy.get(False)  # the compiled-mode JITFunction (helpers resolved for that mode)
+    assert isinstance(jitted, JITFunction)
     attrs = {(jitted.arg_names.index(n),): [["tt.divisibility", 16]] for n in div16}
     source = ASTSource(fn=jitted, signature=signature, constexprs=constexprs, attrs=attrs)
     ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32),
@@ -334,13 +336,13 @@ for noise, ndim, int64 in ((0, 4, False), (1, 1, False), (2, 2, True)):
     block = tb.PHILOX_BLOCK if noise == 2 else tb.BLOCK
     c = dict(NDIM=ndim, UPSAMPLE=ndim == 4, INVERT=True, ALPHA_TENSOR=True, SIGMA_TENSOR=noise != 0,
              NOISE=noise, INT64=int64, PRECISE=True, BLOCK=block)
-    results[f"blend-{noise}-{ndim}-{int64}"] = compile_(tb._blend_kernel, blend_sig, c, blend_div,
+    results[f"blend-{noise}-{ndim}-{int64}"] = compile_(tb._BLEND, blend_sig, c, blend_div,
                                                         tb.NUM_WARPS)
 qm_sig = {"diff_ptr": "*fp16", "orig_ptr": "*fp32", "heat_ptr": "*fp32", "mask_ptr": "*u8",
           "N": "i32", "stride_d": "i32", "stride_o": "i32", "lam": "fp32", "k": "i32",
           "SINGLE": "constexpr", "BLOCK": "constexpr"}
 for single, block, warps in ((True, 16384, 32), (False, 4096, 8)):
-    results[f"qm-{single}"] = compile_(tq._quality_mask_kernel, qm_sig,
+    results[f"qm-{single}"] = compile_(tq._QUALITY_MASK, qm_sig,
                                        dict(SINGLE=single, BLOCK=block),
                                        ("diff_ptr", "orig_ptr", "heat_ptr", "mask_ptr", "N"), warps)
 print("AOT-RESULTS " + json.dumps(results))

@@ -1,11 +1,13 @@
-"""The CUDA C++ extension (csrc/): lazy build with torch.utils.cpp_extension.load.
+"""The CUDA C++ extension (csrc/): lazy build with torch.utils.cpp_extension.load, and the
+"cuda" backend's declared capabilities.
 
-Nothing is compiled at import. :func:`unavailable_reason` (called by the dispatcher) says why
-the extension cannot be used: automatic dispatch (``build=False``) only *loads* an extension
-already built into the cache directory, so it never starts a surprise compile; an explicit
-request (``LOTTS_KERNELS_IMPL=cuda``, ``use_impl("cuda")``, :func:`build`, or
-``python -m lotts_kernels.backends.cuda_extension``) compiles it once (about a minute) with
+Nothing is compiled at import. :func:`unavailable_reason` (asked by the dispatcher through
+:data:`CUDA`) says why the extension cannot be used: automatic dispatch (``build=False``) only
+*loads* an extension already built into the cache directory, so it never starts a surprise
+compile; an explicit request (``impl="cuda"``, ``LOTTS_KERNELS_IMPL=cuda``, ``use_impl("cuda")``,
+:func:`build`, or ``python -m lotts_kernels.cuda_build``) compiles it once (about a minute) with
 nvcc and ninja. Failures are remembered for the process, so they are not retried every call.
+The per-op launchers that call the extension live with their op (``lotts_kernels/ops/``).
 
 The cache directory is ``$LOTTS_KERNELS_CACHE`` or ``~/.cache/lotts_kernels`` (honouring
 ``XDG_CACHE_HOME``), then ``cuda_ext/<key>`` where key hashes the sources' bytes, the build
@@ -34,8 +36,7 @@ from typing import Any, Optional
 
 import torch
 
-from lotts_kernels import reference
-from lotts_kernels.backends import blend_layout
+from lotts_kernels import dispatch
 
 SOURCE_SUFFIXES = (".cu", ".cuh", ".cpp", ".h")
 STALE_LOCK_SECONDS = 600
@@ -53,7 +54,7 @@ _failure: Optional[str] = None  # cached reason of a failed build or load
 
 def source_dir() -> Path:
     """``lotts_kernels/csrc`` inside an installed wheel, else the repository's ``csrc/``."""
-    package = Path(__file__).resolve().parent.parent
+    package = Path(__file__).resolve().parent
     for candidate in (package / "csrc", package.parent / "csrc"):
         if (candidate / "binding.cpp").is_file():
             return candidate
@@ -213,16 +214,17 @@ def _load(build: bool, verbose: bool = False) -> Optional[str]:
         if library is not None:
             try:
                 _module = _import_library(name, library)
+                dispatch.clear_cache()
                 return None
             except Exception as error:  # noqa: BLE001 - a broken .so: rebuild when asked
                 if not build:
                     _failure = (f"the built CUDA extension at {library} failed to load "
                                 f"({type(error).__name__}: {error}); rebuild it with "
-                                "python -m lotts_kernels.backends.cuda_extension")
+                                "python -m lotts_kernels.cuda_build")
                     return _failure
         if not build:
             return ("the CUDA extension is not built yet; build it once with "
-                    "`python -m lotts_kernels.backends.cuda_extension` or request it with "
+                    "`python -m lotts_kernels.cuda_build` or request it with "
                     f"LOTTS_KERNELS_IMPL=cuda (compiles into {directory})")
         reason = _toolchain_reason()
         if reason is not None:
@@ -230,6 +232,7 @@ def _load(build: bool, verbose: bool = False) -> Optional[str]:
             return reason
         try:
             _module = _compile(capability, verbose=verbose)
+            dispatch.clear_cache()
         except Exception as error:  # noqa: BLE001 - report, remember, fall back
             _failure = f"building the CUDA extension failed:\n{_first_lines(str(error))}"
             return _failure
@@ -259,84 +262,36 @@ def reset() -> None:
     with _lock:
         _module = None
         _failure = None
+    dispatch.clear_cache()
 
 
-def _ext():
+def extension():
+    """The loaded extension module, building it first if needed (raises RuntimeError)."""
     if _module is None:
         build()
     return _module
 
 
-def _stream(device: torch.device) -> int:
+def stream(device: torch.device) -> int:
+    """The current CUDA stream of `device` as the integer the binding takes."""
     return torch.cuda.current_stream(device).cuda_stream
 
 
-# ----- ops ------------------------------------------------------------------------------------
-
-def quality_mask_limits(diff, orig, lam, ratio) -> Optional[str]:
-    if diff.shape[1] > MAX_QUALITY_MASK_N:
-        return f"rows longer than {MAX_QUALITY_MASK_N} positions (got N={diff.shape[1]})"
-    if diff.shape[0] > 2**31 - 1:
-        return f"more than 2^31-1 rows (got B={diff.shape[0]})"
-    return None
+def _availability(device: torch.device, dtypes: tuple, explicit: bool) -> list[str]:
+    if device.type != "cuda":
+        return []
+    reason = unavailable_reason(build=explicit)
+    return [] if reason is None else [reason]
 
 
-def quality_mask(diff: torch.Tensor, orig: torch.Tensor, lam: float, ratio: float):
-    """Same contract as :func:`lotts_kernels.reference.quality_mask`."""
-    if diff.dtype != orig.dtype:  # exact: the reference computes in float32 anyway
-        diff, orig = diff.float(), orig.float()
-    if diff.stride(1) != 1:
-        diff = diff.contiguous()
-    if orig.stride(1) != 1:
-        orig = orig.contiguous()
-    k = reference.num_selected(ratio, diff.shape[1])
-    heat, mask = _ext().quality_mask(diff, orig, float(lam), k, _stream(diff.device))
-    return heat, mask
-
-
-def masked_noise_blend_limits(x0, other, mask, alpha, alpha_value, sigma, sigma_value, noise,
-                              seed, invert) -> Optional[str]:
-    return blend_layout.limits_reason(x0, mask)
-
-
-def masked_noise_blend(x0, other, mask, alpha, alpha_value, sigma, sigma_value, noise, seed,
-                       invert) -> torch.Tensor:
-    """Same contract as :func:`lotts_kernels.reference.masked_noise_blend`."""
-    if x0.numel() == 0:
-        return torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
-    kmask = blend_layout.kernel_mask(mask, (torch.float32,))
-    lay = blend_layout.layout(x0.shape, kmask)
-    if lay is None:
-        raise ValueError(blend_layout.limits_reason(x0, mask))
-    x0c = x0.contiguous()
-    # other / noise: x0's dtype, else float32 (an exact upcast; the kernel reads float32 then)
-    wide = other.dtype != x0.dtype or (noise is not None and noise.dtype != x0.dtype)
-    in_dtype = torch.float32 if wide else x0.dtype
-    otherc = other.to(in_dtype).contiguous()
-    noisec = noise.to(in_dtype).contiguous() if noise is not None else None
-    if alpha is not None:
-        alpha = alpha.float().contiguous()
-    if sigma is not None:
-        sigma = sigma.float().contiguous()
-    return _ext().masked_noise_blend(
-        x0c, otherc, kmask, list(lay.dims), list(lay.mask_strides), list(lay.factors),
-        lay.ndim, lay.per_batch, alpha, float(alpha_value), sigma, float(sigma_value), noisec,
-        int(seed) if seed is not None else 0, seed is not None and noise is None, bool(invert),
-        _stream(x0.device),
-    )
-
-
-def philox_normal(seed: int, numel: int, device) -> torch.Tensor:
-    """The kernels' eps for `seed` (float32, flat), for comparison with philox.normal."""
-    like = torch.empty(0, device=device)
-    return _ext().philox_normal(like, int(numel), int(seed), _stream(like.device))
+CUDA = dispatch.Backend("cuda", devices=("cuda",), availability=_availability)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m lotts_kernels.backends.cuda_extension",
+        prog="python -m lotts_kernels.cuda_build",
         description="Build (once) and load the lotts_kernels CUDA extension.")
     parser.add_argument("--verbose", action="store_true", help="show the compiler commands")
     args = parser.parse_args(argv)

@@ -1,10 +1,11 @@
-"""Triton quality_mask: per-row heat = mm(diff) + lam*mm(orig) and its exact top-k mask.
+"""quality_mask: per-row heat = mm(diff) + lam*mm(orig) and its exact top-k mask.
 
-Three layers: the private kernel `_quality_mask_kernel`, the launcher :func:`quality_mask`
-(same signature as :func:`lotts_kernels.reference.quality_mask`) and
-:func:`quality_mask_limits`.
+Everything about the op is here, in this order: the public function and its argument checks,
+the ``lotts::quality_mask`` custom op and its fake, the PyTorch reference, the Triton kernel and
+its launcher, the CUDA extension's launcher (kernel in ``csrc/quality_mask.cu``), and the
+registration of the three implementations with :mod:`lotts_kernels.dispatch`.
 
-Design (one program per row, no sort):
+Triton Design (one program per row, no sort):
 1. min/max of diff and orig in one pass; heat with the reference's float32 operations in its
    order, each rounded separately (IEEE division `div_rn`, no fma contraction:
    `enable_fp_fusion=False`), so heat is bit-identical to the reference on the same inputs.
@@ -25,18 +26,109 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
-import triton.language as tl
 
-from lotts_kernels import reference
-from lotts_kernels.backends.triton_blend import LazyKernel
+from lotts_kernels import _checks, cuda_build, dispatch
+from lotts_kernels.triton_utils import TRITON, jit, next_power_of_2, tl
 
 # Rows up to this many positions stay in registers; longer ones are processed in chunks.
 SINGLE_BLOCK_MAX = 16384
 CHUNK_BLOCK = 4096
 # Largest row this kernel accepts (the int32 arithmetic and per-row loops are sized for it).
 MAX_N = 2**24
+# Largest row the CUDA kernel accepts.
+MAX_CUDA_N = 2**31 - 2
 
+
+# ----- 1. public function and argument checks -------------------------------------------------
+
+def _prepare(diff: torch.Tensor, orig: torch.Tensor, lam: float = 1.0, ratio: float = 0.5, *,
+             impl: Optional[str] = None) -> tuple[tuple, Optional[str]]:
+    """Check the public arguments; return the custom op's arguments and the requested impl."""
+    for name, x in (("diff", diff), ("orig", orig)):
+        _checks.check_float(name, x)
+        _checks.check_rank(name, x, (2,), "(B, N)")
+    if orig.shape != diff.shape:
+        raise ValueError(f"orig has shape {tuple(orig.shape)} but diff has {tuple(diff.shape)}")
+    if diff.shape[1] == 0:
+        raise ValueError("diff and orig need at least one position (N >= 1)")
+    _checks.check_same_device(diff=diff, orig=orig)
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+        raise ValueError(f"lam must be a float, got {type(lam).__name__}")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio must be a float in [0, 1], got {ratio!r}")
+    return (diff, orig, float(lam), float(ratio)), impl
+
+
+def quality_mask(
+    diff: torch.Tensor, orig: torch.Tensor, lam: float = 1.0, ratio: float = 0.5, *,
+    impl: Optional[str] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equations (3)-(4): heat = mm(diff) + lam * mm(orig) per row and its top-`ratio` mask.
+
+    diff, orig (B,N). mm is per-row min-max normalization (a constant row maps to zeros). The
+    bool mask marks exactly round(ratio * N) positions per row with the largest heat, ties going
+    to the lower index. Returns (heat float32 (B,N), mask bool (B,N)). `impl` forces one
+    implementation ("ref", "triton", "cuda", "auto") for this call.
+    """
+    args, impl = _prepare(diff, orig, lam, ratio, impl=impl)
+    return _quality_mask(*args, impl or dispatch.CONTEXT)
+
+
+# ----- 2. custom op and fake ------------------------------------------------------------------
+
+@torch.library.custom_op("lotts::quality_mask", mutates_args=())
+def _quality_mask(
+    diff: torch.Tensor, orig: torch.Tensor, lam: float, ratio: float, impl: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return dispatch.run("quality_mask", impl, diff, orig, lam, ratio)
+
+
+@_quality_mask.register_fake
+def _(diff, orig, lam, ratio, impl):
+    return (diff.new_empty(diff.shape, dtype=torch.float32),
+            diff.new_empty(diff.shape, dtype=torch.bool))
+
+
+# ----- 3. reference ---------------------------------------------------------------------------
+
+def min_max_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Per-row (x - min) / (max - min) in float32; a constant row maps to zeros."""
+    x = x.float()
+    low = x.amin(dim=1, keepdim=True)
+    span = x.amax(dim=1, keepdim=True) - low
+    safe_span = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, (x - low) / safe_span, torch.zeros_like(x))
+
+
+def num_selected(ratio: float, n: int) -> int:
+    """How many positions a mask of `ratio` marks among `n`: Python's round(ratio * n)."""
+    return int(round(ratio * n))
+
+
+def quality_heat(diff: torch.Tensor, orig: torch.Tensor, lam: float) -> torch.Tensor:
+    """Equation (3) of the method: mm(diff) + lam * mm(orig), float32."""
+    return min_max_normalize(diff) + lam * min_max_normalize(orig)
+
+
+def top_positions_mask(heat: torch.Tensor, count: int) -> torch.Tensor:
+    """Bool mask of the `count` largest values per row, ties going to the lower index."""
+    mask = torch.zeros(heat.shape, dtype=torch.bool, device=heat.device)
+    if count > 0:
+        # A stable descending sort keeps equal values in index order: ties go to lower indices.
+        order = torch.sort(heat, dim=1, descending=True, stable=True).indices[:, :count]
+        mask.scatter_(1, order, True)
+    return mask
+
+
+def quality_mask_ref(
+    diff: torch.Tensor, orig: torch.Tensor, lam: float, ratio: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equations (3) and (4): heat (B, N) float32 and its top-`ratio` bool mask."""
+    heat = quality_heat(diff, orig, lam)
+    return heat, top_positions_mask(heat, num_selected(ratio, heat.shape[1]))
+
+
+# ----- 4. Triton kernel and launcher ----------------------------------------------------------
 
 def _quality_mask_kernel(
     diff_ptr, orig_ptr, heat_ptr, mask_ptr, N, stride_d, stride_o, lam, k,
@@ -147,29 +239,29 @@ def _quality_mask_kernel(
             taken += tl.sum(equal.to(tl.int32), axis=0)
 
 
-_QUALITY_MASK = LazyKernel(_quality_mask_kernel, do_not_specialize=["k"])
+_QUALITY_MASK = jit(_quality_mask_kernel, do_not_specialize=["k"])
 
 
-def quality_mask_limits(diff, orig, lam, ratio) -> Optional[str]:
-    """Why this Triton kernel cannot take these inputs, or None."""
+def quality_mask_triton_limits(diff, orig, lam, ratio) -> list[str]:
+    """Every reason the Triton kernel cannot take these inputs (empty: it can)."""
     if diff.shape[1] > MAX_N:
-        return f"rows longer than {MAX_N} positions (got N={diff.shape[1]})"
-    return None
+        return [f"rows longer than {MAX_N} positions (got N={diff.shape[1]})"]
+    return []
 
 
 def _config(n: int, single_block_max: int) -> tuple[bool, int, int]:
     """(single, BLOCK, num_warps) for rows of n positions."""
     if n <= single_block_max:
-        block = triton.next_power_of_2(n)
+        block = next_power_of_2(n)
         # ~16 elements of each row array per thread: 32 warps for a 16384-wide row
         return True, block, max(1, min(32, block // 512))
-    return False, min(CHUNK_BLOCK, triton.next_power_of_2(single_block_max)), 8
+    return False, min(CHUNK_BLOCK, next_power_of_2(single_block_max)), 8
 
 
-def quality_mask(
+def quality_mask_triton(
     diff: torch.Tensor, orig: torch.Tensor, lam: float, ratio: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as :func:`lotts_kernels.reference.quality_mask`."""
+    """Same contract as :func:`quality_mask_ref`."""
     batch, n = diff.shape
     heat = torch.empty(batch, n, dtype=torch.float32, device=diff.device)
     mask = torch.empty(batch, n, dtype=torch.bool, device=diff.device)
@@ -179,10 +271,45 @@ def quality_mask(
         diff = diff.contiguous()
     if orig.stride(1) != 1:
         orig = orig.contiguous()
-    k = reference.num_selected(ratio, n)
+    k = num_selected(ratio, n)
     single, block, num_warps = _config(n, SINGLE_BLOCK_MAX)
     _QUALITY_MASK[(batch,)](
         diff, orig, heat, mask.view(torch.uint8), n, diff.stride(0), orig.stride(0),
         float(lam), k, SINGLE=single, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False,
     )
     return heat, mask
+
+
+# ----- 5. CUDA launcher -----------------------------------------------------------------------
+
+def quality_mask_cuda_limits(diff, orig, lam, ratio) -> list[str]:
+    """Every reason the CUDA kernel cannot take these inputs (empty: it can)."""
+    reasons = []
+    if diff.shape[1] > MAX_CUDA_N:
+        reasons.append(f"rows longer than {MAX_CUDA_N} positions (got N={diff.shape[1]})")
+    if diff.shape[0] > 2**31 - 1:
+        reasons.append(f"more than 2^31-1 rows (got B={diff.shape[0]})")
+    return reasons
+
+
+def quality_mask_cuda(diff: torch.Tensor, orig: torch.Tensor, lam: float, ratio: float):
+    """Same contract as :func:`quality_mask_ref`."""
+    if diff.dtype != orig.dtype:  # exact: the reference computes in float32 anyway
+        diff, orig = diff.float(), orig.float()
+    if diff.stride(1) != 1:
+        diff = diff.contiguous()
+    if orig.stride(1) != 1:
+        orig = orig.contiguous()
+    k = num_selected(ratio, diff.shape[1])
+    return tuple(cuda_build.extension().quality_mask(diff, orig, float(lam), k,
+                                                     cuda_build.stream(diff.device)))
+
+
+# ----- 6. registration ------------------------------------------------------------------------
+
+OP = dispatch.register_op(dispatch.Op("quality_mask", _prepare))
+OP.register(dispatch.Implementation(dispatch.REF, quality_mask_ref))
+OP.register(dispatch.Implementation(TRITON, quality_mask_triton,
+                                    limits=quality_mask_triton_limits))
+OP.register(dispatch.Implementation(cuda_build.CUDA, quality_mask_cuda,
+                                    limits=quality_mask_cuda_limits))
