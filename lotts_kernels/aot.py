@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,28 @@ if TYPE_CHECKING:  # Triton is optional for lotts_kernels; launchers import Laun
 # (A100) 163 KB, 9.0 (H100/H200) 227 KB. 8.6/8.9 have 99 KB; our AOT targets are 80 and 90.
 SHARED_MEMORY_PER_BLOCK = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 TARGET_CAPABILITIES = (80, 90)
+
+
+@contextlib.contextmanager
+def compiled_mode() -> Iterator[None]:
+    """Triton's compiled (not interpreted) mode inside the block, even under TRITON_INTERPRET=1:
+    launchers then describe the launch a GPU gets and ``triton.jit`` makes real kernels."""
+    from triton import knobs
+
+    with knobs.runtime.scope():
+        knobs.runtime.interpret = False
+        yield
+
+
+def ptxas_versions() -> str:
+    """The bundled ptxas releases Triton uses for sm_80 and sm_90 (two binaries in 3.9)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    found = []
+    for capability in TARGET_CAPABILITIES:
+        tool = get_ptxas(capability)
+        found.append(f"sm_{capability}: {Path(tool.path).name} {tool.version}")
+    return ", ".join(found)
 
 
 def target(capability: int) -> "GPUTarget":
@@ -70,7 +92,8 @@ class Launch:
 
         kernel = self.kernel
         if hasattr(kernel, "get"):          # lotts_kernels.triton_utils.LazyJit
-            kernel = kernel.get(False)
+            with compiled_mode():
+                kernel = kernel.get(False)
         while not isinstance(kernel, JITFunction):  # triton.autotune's Autotuner wraps .fn
             kernel = kernel.fn
         return kernel
@@ -288,3 +311,177 @@ def compile_cuda_source(source: Path, capability: int) -> list[Resources]:
     lines = [line.strip() for line in log.splitlines() if line.strip()]
     return [Resources(kernel=name, capability=capability, shared=0, ptxas=lines, **fields)
             for name, fields in zip(_demangle(list(entries)), entries.values())]
+
+
+# ----- the launches to check: every kernel at each backbone's shapes ---------------------------
+
+@dataclass(frozen=True)
+class Backbone:
+    """Shapes one backbone's LoTTS run gives the kernels (batch 3: the localization prompts)."""
+
+    name: str
+    heads: int
+    head_dim: int
+    image_tokens: int        # queries (and self-attention keys) at the attention level used
+    text_keys: int           # cross-attention keys; FLUX: joint attention over text + image
+    latent: tuple[int, ...]  # one latent (C, H, W), or FLUX's packed (tokens, channels)
+    joint: bool = False
+
+
+BACKBONES = (
+    Backbone("SD2.1", heads=5, head_dim=64, image_tokens=96 * 96, text_keys=77,
+             latent=(4, 96, 96)),
+    Backbone("SDXL", heads=10, head_dim=64, image_tokens=64 * 64, text_keys=77,
+             latent=(4, 128, 128)),
+    Backbone("FLUX", heads=24, head_dim=128, image_tokens=4096, text_keys=512,
+             latent=(4096, 64), joint=True),
+)
+BATCH = 3
+MAP_TOKENS = 8     # key tokens whose maps op 1 returns
+MAP_CHANNELS = 2   # propagate's maps: (diff, orig)
+
+
+@dataclass
+class Case:
+    """One kernel launch to compile; `configs` lists the autotune candidates with the pruning's
+    verdict (problems, shared-memory estimate) for a target."""
+
+    kernel: str
+    name: str
+    dtype: str
+    launch: Launch
+    pruning: Optional[Callable[[Any, int], tuple[list[str], Optional[int]]]] = None
+    candidates: tuple = ()
+
+    def configs(self, capability: int, include_pruned: bool = False
+                ) -> list[tuple[Any, list[str], Optional[int]]]:
+        if self.pruning is None:
+            return [(None, [], None)]
+        rows = [(c, *self.pruning(c, capability)) for c in self.candidates]
+        return [row for row in rows if include_pruned or not row[1]]
+
+
+def _named_args(launch: Launch) -> dict:
+    """Kernel arguments by name, as Triton's autotuner hands them to the pruning."""
+    names = launch.jit_function().arg_names
+    return {**dict(zip(names, launch.args)), **launch.kwargs}
+
+
+def _attention_case(kernel: str, name: str, dtype_name: str, launch: Launch) -> Case:
+    from lotts_kernels.ops import attention
+
+    args = _named_args(launch)
+
+    def pruning(config, capability):
+        limit = SHARED_MEMORY_PER_BLOCK[capability]
+        return (attention.config_problems(config, args, capability, limit),
+                attention.shared_memory_estimate(config, args, capability))
+
+    return Case(kernel, name, dtype_name, launch, pruning, tuple(attention._configs(False)))
+
+
+def attention_cases(backbone: Backbone, dtype, dtype_name: str,
+                    head_dim: Optional[int] = None) -> list[Case]:
+    import torch
+
+    from lotts_kernels.ops import attention
+
+    meta = dict(dtype=dtype, device="meta")
+    d = head_dim or backbone.head_dim
+    heads, image = backbone.heads, backbone.image_tokens
+    keys = image + backbone.text_keys if backbone.joint else backbone.text_keys
+    queries = keys if backbone.joint else image
+    q = torch.empty(BATCH, heads, queries, d, **meta)
+    kv = torch.empty(BATCH, heads, keys, d, **meta)
+    tokens = torch.empty(BATCH, MAP_TOKENS, dtype=torch.int64, device="meta")
+    label = backbone.name if head_dim is None else f"{backbone.name} D={d}"
+    with compiled_mode():
+        maps_launch = attention.token_maps_launch(q, kv, kv, tokens, d ** -0.5)[0]
+        q_self = torch.empty(BATCH, heads, image, d, **meta)
+        maps = torch.empty(BATCH, image, MAP_CHANNELS, dtype=torch.float32, device="meta")
+        propagate = attention.propagate_launch(q_self, q_self, maps, d ** -0.5)[0]
+    return [_attention_case("attention_with_token_maps", label, dtype_name, maps_launch),
+            _attention_case("attention_propagate", label, dtype_name, propagate)]
+
+
+def quality_mask_cases(backbone: Backbone, dtype, dtype_name: str,
+                       positions: Optional[int] = None) -> list[Case]:
+    import math
+
+    import torch
+
+    from lotts_kernels.ops import quality_mask
+
+    n = positions or math.prod(backbone.latent[-2:] if not backbone.joint else
+                               backbone.latent[:1])
+    rows = torch.empty(BATCH, n, dtype=dtype, device="meta")
+    with compiled_mode():
+        launch = quality_mask.quality_mask_launch(rows, rows, 1.0, 0.3)[0]
+    label = backbone.name if positions is None else f"N={n}"
+    return [Case("quality_mask", label, dtype_name, launch)]
+
+
+def blend_cases(backbone: Backbone, dtype, dtype_name: str, noise_tensor: bool = False
+                ) -> list[Case]:
+    import torch
+
+    from lotts_kernels.ops import masked_noise_blend
+
+    x0 = torch.empty(BATCH, *backbone.latent, dtype=dtype, device="meta")
+    mask_shape = (BATCH, backbone.latent[0], 1) if backbone.joint else \
+        (BATCH, 1, *backbone.latent[1:])
+    mask = torch.empty(mask_shape, dtype=torch.bool, device="meta")
+    launch = masked_noise_blend.masked_noise_blend_launch
+    with compiled_mode():
+        cases = [Case("masked_noise_blend", f"{backbone.name} blend", dtype_name,
+                      launch(x0, x0, mask, None, 1.0, None, 0.0, None, None, False)[0]),
+                 Case("masked_noise_blend", f"{backbone.name} seeded noise", dtype_name,
+                      launch(x0, x0, mask, None, 0.8, None, 0.6, None, 1234, False)[0])]
+        if noise_tensor:
+            cases.append(Case("masked_noise_blend", f"{backbone.name} noise tensor", dtype_name,
+                              launch(x0, x0, mask, None, 0.8, None, 0.6, x0, None, True)[0]))
+    return cases
+
+
+DTYPE_NAMES = ("fp16", "bf16", "fp32", "fp32+tf32")
+
+
+@contextlib.contextmanager
+def _dtype(dtype_name: str):
+    """The torch dtype of `dtype_name`, with TF32 allowed inside the block for "fp32+tf32"."""
+    import torch
+
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = dtype_name == "fp32+tf32"
+    try:
+        yield {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype_name, torch.float32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+def representative_cases(dtype_name: str) -> list[Case]:
+    """Every kernel at one shape per backbone (what the test suite compiles)."""
+    cases = []
+    with _dtype(dtype_name) as dtype:
+        for backbone in BACKBONES:
+            cases += attention_cases(backbone, dtype, dtype_name)
+            if dtype_name != "fp32+tf32":  # TF32 changes attention only
+                cases += quality_mask_cases(backbone, dtype, dtype_name)
+                cases += blend_cases(backbone, dtype, dtype_name)
+        if dtype_name != "fp32+tf32":
+            cases += quality_mask_cases(BACKBONES[0], dtype, dtype_name, positions=65536)
+    return cases
+
+
+def full_matrix() -> list[Case]:
+    """The representative cases plus wide heads (D=256), tensor noise and chunked masks."""
+    cases = []
+    for dtype_name in DTYPE_NAMES:
+        cases += representative_cases(dtype_name)
+        with _dtype(dtype_name) as dtype:
+            cases += attention_cases(BACKBONES[0], dtype, dtype_name, head_dim=256)
+            if dtype_name != "fp32+tf32":
+                for backbone in BACKBONES:
+                    cases += [c for c in blend_cases(backbone, dtype, dtype_name, True)
+                              if c.name.endswith("noise tensor")]
+    return cases

@@ -107,6 +107,10 @@ class LazyJit:
         fn = types.FunctionType(self.fn.__code__, namespace, self.fn.__name__,
                                 self.fn.__defaults__, self.fn.__closure__)
         fn.__doc__, fn.__module__ = self.fn.__doc__, self.fn.__module__
+        # FunctionType drops annotations, and Triton finds constexpr parameters by them: without
+        # this every `X: tl.constexpr` would compile as a runtime argument (the AOT test fails).
+        fn.__annotations__ = dict(self.fn.__annotations__)
+        fn.__kwdefaults__ = self.fn.__kwdefaults__
         fn.__qualname__ = self.fn.__qualname__
         jitted = triton.jit(fn, **self.jit_options)
         if self.autotune is not None:

@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 
 from lotts_kernels import _checks, cuda_build, dispatch
+from lotts_kernels.aot import Launch
 from lotts_kernels.triton_utils import TRITON, jit, next_power_of_2, tl
 
 # Rows up to this many positions stay in registers; longer ones are processed in chunks.
@@ -258,25 +259,33 @@ def _config(n: int, single_block_max: int) -> tuple[bool, int, int]:
     return False, min(CHUNK_BLOCK, next_power_of_2(single_block_max)), 8
 
 
-def quality_mask_triton(
-    diff: torch.Tensor, orig: torch.Tensor, lam: float, ratio: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as :func:`quality_mask_ref`."""
+def quality_mask_launch(diff: torch.Tensor, orig: torch.Tensor, lam: float, ratio: float
+                        ) -> tuple[Launch, torch.Tensor, torch.Tensor]:
+    """(launch, heat, mask) of :func:`quality_mask_triton` for B >= 1 rows (also what the AOT
+    compile checks build, on ``meta`` tensors)."""
     batch, n = diff.shape
     heat = torch.empty(batch, n, dtype=torch.float32, device=diff.device)
     mask = torch.empty(batch, n, dtype=torch.bool, device=diff.device)
-    if batch == 0:
-        return heat, mask
     if diff.stride(1) != 1:
         diff = diff.contiguous()
     if orig.stride(1) != 1:
         orig = orig.contiguous()
-    k = num_selected(ratio, n)
     single, block, num_warps = _config(n, SINGLE_BLOCK_MAX)
-    _QUALITY_MASK[(batch,)](
-        diff, orig, heat, mask.view(torch.uint8), n, diff.stride(0), orig.stride(0),
-        float(lam), k, SINGLE=single, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False,
-    )
+    args = (diff, orig, heat, mask.view(torch.uint8), n, diff.stride(0), orig.stride(0),
+            float(lam), num_selected(ratio, n))
+    kwargs = dict(SINGLE=single, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False)
+    return Launch(_QUALITY_MASK, (batch,), args, kwargs), heat, mask
+
+
+def quality_mask_triton(
+    diff: torch.Tensor, orig: torch.Tensor, lam: float, ratio: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`quality_mask_ref`."""
+    if diff.shape[0] == 0:
+        return (torch.empty(diff.shape, dtype=torch.float32, device=diff.device),
+                torch.empty(diff.shape, dtype=torch.bool, device=diff.device))
+    launch, heat, mask = quality_mask_launch(diff, orig, lam, ratio)
+    launch.run()
     return heat, mask
 
 
