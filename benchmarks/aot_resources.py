@@ -11,8 +11,9 @@ compiled by nvcc with the extension's flags and ``-Xptxas -v``.
 Writes markdown (registers, spill stores/loads, stack, shared memory per kernel, dtype, config,
 target) and exits 1 when a config the pruning keeps spills or exceeds shared memory, or when the
 shared-memory estimate the pruning uses is below what Triton allocated. A full run compiles a few
-hundred kernels; fp32 IEEE ones take 10-110 s each on one core (``--quick`` skips the configs the
-pruning drops).
+hundred kernels (an hour on two busy cores; cached afterwards). IEEE fp32 attention, refused on
+every config, is compiled in its smallest tile only (10-110 s each); ``--quick`` skips every
+config the pruning drops.
 """
 from __future__ import annotations
 
@@ -43,40 +44,71 @@ def _config_text(config) -> str:
     return f"{kw['BLOCK_M']}x{kw['BLOCK_N']} w{config.num_warps} s{config.num_stages}"
 
 
-def triton_rows(quick: bool, failures: list[str]) -> list[str]:
-    rows = []
-    for case in aot.full_matrix():
+_CASES: list = []
+
+
+def _cases() -> list:
+    if not _CASES:
+        _CASES.extend(aot.full_matrix())
+    return _CASES
+
+
+def _jobs(quick: bool) -> list[tuple[int, int, int]]:
+    """(case, config, capability) indices to compile. Where every candidate is refused for IEEE
+    fp32 (it spills everywhere), only the smallest tile is compiled, as the evidence."""
+    jobs = []
+    for index, case in enumerate(_cases()):
         for capability in aot.TARGET_CAPABILITIES:
-            for config, problems, estimate in case.configs(capability, include_pruned=not quick):
-                launch = case.launch if config is None else case.launch.with_config(config)
-                started = time.time()
-                try:
-                    res = aot.compile_launch(launch, capability)
-                except Exception as error:  # noqa: BLE001 - a compile error is a table row
-                    failures.append(f"{case.name} {case.dtype} {_config_text(config)} "
-                                    f"sm_{capability}: compile error {error}")
-                    rows.append(f"| {case.kernel} | {case.name} | {case.dtype} | "
-                                f"{_config_text(config)} | sm_{capability} | "
-                                f"{'yes' if not problems else 'no'} | compile error | | | | | "
-                                f"{str(error).splitlines()[0][:80]} |")
-                    continue
-                measured = res.problems()
-                kept = not problems
-                if kept and measured:
-                    failures.append(f"{case.name} {case.dtype} {_config_text(config)} "
-                                    f"sm_{capability} is kept but {'; '.join(measured)}")
-                if estimate is not None and estimate < res.total_shared:
-                    failures.append(f"{case.name} {case.dtype} {_config_text(config)} "
-                                    f"sm_{capability}: estimate {estimate} B < {res.total_shared} B")
-                note = "; ".join(problems) if problems else ""
-                rows.append(
-                    f"| {case.kernel} | {case.name} | {case.dtype} | {_config_text(config)} | "
-                    f"sm_{capability} | {'yes' if kept else 'no'} | {res.registers} | "
-                    f"{res.spill_stores}/{res.spill_loads} | {res.stack} | {res.total_shared} | "
-                    f"{estimate if estimate is not None else '-'} | {note} |")
-                print(f"{case.name} {case.dtype} {_config_text(config)} sm_{capability}: "
-                      f"{res.registers} regs, {res.spill_stores} B spills, {res.total_shared} B "
-                      f"shared ({time.time() - started:.1f} s)", file=sys.stderr, flush=True)
+            rows = case.configs(capability, include_pruned=True)
+            chosen = [i for i, (_, problems, _) in enumerate(rows) if not (quick and problems)]
+            if rows[0][0] is not None and case.launch.kwargs.get("DOT_PRECISION") == "ieee":
+                chosen = [min(chosen, key=lambda i: rows[i][0].kwargs["BLOCK_M"]
+                              * rows[i][0].kwargs["BLOCK_N"])] if not quick else []
+            jobs += [(index, i, capability) for i in chosen]
+    return jobs
+
+
+def _compile_job(job: tuple[int, int, int]):
+    index, config_index, capability = job
+    case = _cases()[index]
+    config, problems, estimate = case.configs(capability, include_pruned=True)[config_index]
+    launch = case.launch if config is None else case.launch.with_config(config)
+    started = time.time()
+    try:
+        return job, aot.compile_launch(launch, capability), None, time.time() - started
+    except Exception as error:  # noqa: BLE001 - a compile error is a table row
+        return job, None, str(error), time.time() - started
+
+
+def triton_rows(quick: bool, failures: list[str], workers: int) -> list[str]:
+    import multiprocessing
+
+    rows = []
+    jobs = _jobs(quick)
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for job, res, error, seconds in pool.imap(_compile_job, jobs):
+            index, config_index, capability = job
+            case = _cases()[index]
+            config, problems, estimate = case.configs(capability, include_pruned=True)[
+                config_index]
+            label = f"{case.kernel} {case.name} {case.dtype} {_config_text(config)} sm_{capability}"
+            kept = "yes" if not problems else "no"
+            cells = f"| {case.kernel} | {case.name} | {case.dtype} | {_config_text(config)} | " \
+                    f"sm_{capability} | {kept} |"
+            if res is None:
+                failures.append(f"{label}: compile error {error}")
+                rows.append(f"{cells} compile error | | | | | {error.splitlines()[0][:80]} |")
+                continue
+            measured = res.problems()
+            if not problems and measured:
+                failures.append(f"{label} is kept but {'; '.join(measured)}")
+            if estimate is not None and estimate < res.total_shared:
+                failures.append(f"{label}: estimate {estimate} B < {res.total_shared} B")
+            rows.append(f"{cells} {res.registers} | {res.spill_stores}/{res.spill_loads} | "
+                        f"{res.stack} | {res.total_shared} | "
+                        f"{estimate if estimate is not None else '-'} | {'; '.join(problems)} |")
+            print(f"{label}: {res.registers} regs, {res.spill_stores} B spills, "
+                  f"{res.total_shared} B shared ({seconds:.1f} s)", file=sys.stderr, flush=True)
     return rows
 
 
@@ -118,11 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="only the configs the pruning keeps")
     parser.add_argument("--no-cuda", action="store_true", help="skip the csrc/*.cu table")
+    parser.add_argument("--workers", type=int, default=2, help="parallel compiles")
     args = parser.parse_args(argv)
     failures: list[str] = []
     lines = [f"AOT resources ({versions()}).", "", HEADER,
              "|" + "---|" * (HEADER.count("|") - 1)]
-    lines += triton_rows(args.quick, failures)
+    lines += triton_rows(args.quick, failures, args.workers)
     if not args.no_cuda:
         lines += ["", "CUDA extension (nvcc -Xptxas -v, the extension's flags):", ""]
         lines += cuda_rows(failures)

@@ -304,7 +304,8 @@ extern "C" int lotts_philox_normal(float* out, int64_t numel, uint64_t seed,
 extern "C" const char* lotts_error_string(int code) {
   switch (code) {
     case LOTTS_ERR_BAD_ARGUMENT: return "lotts_kernels: invalid launcher argument";
-    case LOTTS_ERR_ROW_TOO_LONG: return "lotts_kernels: quality_mask rows must be < 2^31";
+    case LOTTS_ERR_ROW_TOO_LONG:
+      return "lotts_kernels: quality_mask rows must have at most 2^31 - 1024 positions";
     default: return cudaGetErrorString(static_cast<cudaError_t>(code));
   }
 }

@@ -36,8 +36,9 @@ SINGLE_BLOCK_MAX = 16384
 CHUNK_BLOCK = 4096
 # Largest row this kernel accepts (the int32 arithmetic and per-row loops are sized for it).
 MAX_N = 2**24
-# Largest row the CUDA kernel accepts.
-MAX_CUDA_N = 2**31 - 2
+# Largest row the CUDA kernel accepts: LOTTS_QUALITY_MASK_MAX_N in csrc/lotts_kernels.h (its int
+# loop counters step by up to 1024 threads and must not pass INT32_MAX).
+MAX_CUDA_N = 2**31 - 1024
 
 
 # ----- 1. public function and argument checks -------------------------------------------------
