@@ -80,7 +80,7 @@ def _compile_job(job: tuple[int, int, int]):
         return job, None, str(error), time.time() - started
 
 
-def triton_rows(quick: bool, failures: list[str], workers: int) -> list[str]:
+def triton_rows(quick: bool, failures: list[str], workers: int, progress=None) -> list[str]:
     import multiprocessing
 
     rows = []
@@ -107,6 +107,9 @@ def triton_rows(quick: bool, failures: list[str], workers: int) -> list[str]:
             rows.append(f"{cells} {res.registers} | {res.spill_stores}/{res.spill_loads} | "
                         f"{res.stack} | {res.total_shared} | "
                         f"{estimate if estimate is not None else '-'} | {'; '.join(problems)} |")
+            if progress is not None:
+                progress.write(rows[-1] + "\n")
+                progress.flush()
             print(f"{label}: {res.registers} regs, {res.spill_stores} B spills, "
                   f"{res.total_shared} B shared ({seconds:.1f} s)", file=sys.stderr, flush=True)
     return rows
@@ -135,9 +138,9 @@ def versions() -> str:
     import triton
 
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
+                            capture_output=True, text=True, check=False).stdout.strip()
     nvcc = aot.find_nvcc()
-    nvcc_version = (subprocess.run([nvcc, "--version"], capture_output=True, text=True)
+    nvcc_version = (subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
                     .stdout.strip().splitlines()[-1] if nvcc else "none")
     return (f"{datetime.date.today().isoformat()}, commit {commit}, triton {triton.__version__} "
             f"(bundled ptxas: {aot.ptxas_versions()}), nvcc {nvcc_version}, torch "
@@ -155,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     lines = [f"AOT resources ({versions()}).", "", HEADER,
              "|" + "---|" * (HEADER.count("|") - 1)]
-    lines += triton_rows(args.quick, failures, args.workers)
+    progress = args.out.with_suffix(".partial").open("w") if args.out else None
+    lines += triton_rows(args.quick, failures, args.workers, progress)
     if not args.no_cuda:
         lines += ["", "CUDA extension (nvcc -Xptxas -v, the extension's flags):", ""]
         lines += cuda_rows(failures)

@@ -27,9 +27,7 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 if TYPE_CHECKING:  # Triton is optional for lotts_kernels; launchers import Launch without it
     from triton.backends.compiler import GPUTarget
@@ -261,12 +259,17 @@ def _nvcc() -> str:
 
 
 def _demangle(names: list[str]) -> list[str]:
-    cufilt = Path(_nvcc()).with_name("cu++filt")
-    if not cufilt.exists():
-        return names
-    out = subprocess.run([str(cufilt)], input="\n".join(names), capture_output=True, text=True,
-                         check=True).stdout.splitlines()
-    return out if len(out) == len(names) else names
+    """Readable kernel names via cu++filt (CUDA toolkit) or c++filt (binutils), if present."""
+    nvcc = Path(_nvcc()).resolve()
+    tools = [str(nvcc.with_name("cu++filt")), shutil.which("cu++filt"), shutil.which("c++filt")]
+    for tool in tools:
+        if tool and Path(tool).exists():
+            done = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True,
+                                  check=False)
+            lines = done.stdout.splitlines()
+            if done.returncode == 0 and len(lines) == len(names):
+                return [line.replace("(anonymous namespace)::", "") for line in lines]
+    return names
 
 
 def nvcc_command(source: Path, capability: int, output: Path) -> list[str]:
@@ -274,11 +277,12 @@ def nvcc_command(source: Path, capability: int, output: Path) -> list[str]:
     flags, ours, the architecture's), plus ``-Xptxas -v``."""
     from torch.utils import cpp_extension
 
-    from lotts_kernels.backends import cuda_extension
+    from lotts_kernels import cuda_build
 
     major, minor = divmod(capability, 10)
-    return [_nvcc(), "-c", str(source), "-o", str(output), f"-I{cuda_extension.source_dir()}",
-            *cpp_extension.COMMON_NVCC_FLAGS, *cuda_extension.EXTRA_CUDA_CFLAGS, *cuda_extension.arch_flags((major, minor)),
+    return [_nvcc(), "-c", str(source), "-o", str(output), f"-I{cuda_build.source_dir()}",
+            *cpp_extension.COMMON_NVCC_FLAGS, *cuda_build.EXTRA_CUDA_CFLAGS,
+            *cuda_build.arch_flags((major, minor)),
             "-Xptxas", "-v"]
 
 
@@ -289,7 +293,7 @@ def _nvcc_log(command: tuple[str, ...], sources_digest: str) -> str:
     record = _records() / f"nvcc-{key}.log"
     if record.is_file():
         return record.read_text()
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"nvcc failed ({done.returncode}):\n{done.stderr[-4000:]}")
     record.parent.mkdir(parents=True, exist_ok=True)
@@ -299,10 +303,10 @@ def _nvcc_log(command: tuple[str, ...], sources_digest: str) -> str:
 
 def compile_cuda_source(source: Path, capability: int) -> list[Resources]:
     """Resources of every kernel in one CUDA source compiled for sm_`capability`."""
-    from lotts_kernels.backends import cuda_extension
+    from lotts_kernels import cuda_build
 
     digest = hashlib.sha256()
-    for path in cuda_extension.source_files():
+    for path in cuda_build.source_files():
         digest.update(path.name.encode() + path.read_bytes())
     with tempfile.TemporaryDirectory() as scratch:
         command = tuple(nvcc_command(source, capability, Path(scratch) / "kernel.o"))
@@ -443,7 +447,7 @@ def blend_cases(backbone: Backbone, dtype, dtype_name: str, noise_tensor: bool =
     return cases
 
 
-DTYPE_NAMES = ("fp16", "bf16", "fp32", "fp32+tf32")
+DTYPE_NAMES = ("fp16", "fp32", "fp32+tf32", "bf16")
 
 
 @contextlib.contextmanager
