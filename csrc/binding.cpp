@@ -2,7 +2,7 @@
 // plain-C launcher header: no CUDA headers, so it compiles with the host compiler against any
 // torch (the CUDA stream arrives from Python as an integer,
 // torch.cuda.current_stream(device).cuda_stream). Inputs are checked here with TORCH_CHECK;
-// lotts_kernels/backends/cuda_extension.py prepares them (contiguity, mask layout).
+// lotts_kernels/ops/*.py (the CUDA launchers, built by lotts_kernels/cuda_build.py) prepare them (contiguity, mask layout).
 #include <torch/extension.h>
 
 #include "lotts_kernels.h"
@@ -73,7 +73,8 @@ at::Tensor masked_noise_blend(const at::Tensor& x0, const at::Tensor& other,
                               const c10::optional<at::Tensor>& alpha, double alpha_value,
                               const c10::optional<at::Tensor>& sigma, double sigma_value,
                               const c10::optional<at::Tensor>& noise, int64_t seed, bool use_seed,
-                              bool invert, int64_t stream) {
+                              const c10::optional<at::Tensor>& seeds, bool invert,
+                              int64_t stream) {
   const at::Device device = x0.device();
   check_cuda(x0, "x0", device);
   check_cuda(other, "other", device);
@@ -122,8 +123,19 @@ at::Tensor masked_noise_blend(const at::Tensor& x0, const at::Tensor& other,
                 "noise must have other's dtype (x0's or float32), got ", n.scalar_type());
     TORCH_CHECK(!use_seed, "give noise or seed, not both");
     noise_mode = LOTTS_NOISE_TENSOR;
+    TORCH_CHECK(!seeds.has_value(), "give noise or seeds, not both");
   } else if (use_seed) {
     TORCH_CHECK(seed >= 0, "seed must be in [0, 2^63)");
+    TORCH_CHECK(!seeds.has_value(), "give seed or seeds, not both");
+    noise_mode = LOTTS_NOISE_PHILOX;
+  }
+  if (seeds.has_value()) {
+    const at::Tensor& s = seeds.value();
+    check_cuda(s, "seeds", device);
+    TORCH_CHECK(s.scalar_type() == at::kLong && s.is_contiguous() && s.dim() == 1 &&
+                    s.size(0) == batch,
+                "seeds must be contiguous int64 (B,) = (", batch, ",), got ", s.scalar_type(),
+                " ", s.sizes());
     noise_mode = LOTTS_NOISE_PHILOX;
   }
 
@@ -138,6 +150,7 @@ at::Tensor masked_noise_blend(const at::Tensor& x0, const at::Tensor& other,
   args.noise = noise.has_value() ? noise.value().data_ptr() : nullptr;
   args.alpha = alpha.has_value() ? alpha.value().data_ptr<float>() : nullptr;
   args.sigma = sigma.has_value() ? sigma.value().data_ptr<float>() : nullptr;
+  args.seeds = seeds.has_value() ? seeds.value().data_ptr<int64_t>() : nullptr;
   args.x_dtype = dtype_code(x0);
   args.in_dtype = dtype_code(other);
   args.mask_dtype = mask_code;
@@ -180,7 +193,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("other"), py::arg("mask"), py::arg("dims"), py::arg("mask_strides"),
         py::arg("factors"), py::arg("ndim"), py::arg("per_batch"), py::arg("alpha"),
         py::arg("alpha_value"), py::arg("sigma"), py::arg("sigma_value"), py::arg("noise"),
-        py::arg("seed"), py::arg("use_seed"), py::arg("invert"), py::arg("stream"));
+        py::arg("seed"), py::arg("use_seed"), py::arg("seeds"), py::arg("invert"),
+        py::arg("stream"));
   m.def("philox_normal", &philox_normal, "philox.normal(seed) as float32 (numel,)",
         py::arg("like"), py::arg("numel"), py::arg("seed"), py::arg("stream"));
 }

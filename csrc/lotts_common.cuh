@@ -7,7 +7,7 @@
 // math flags, so these sources must be built WITHOUT --use_fast_math (it would swap in
 // __logf/__cosf and flush denormals to zero, breaking "out == other where m == 0" for denormal
 // `other`). nvcc 13 defines no macro for that flag, so the build flags live in
-// lotts_kernels/backends/cuda_extension.py (and a test checks them).
+// lotts_kernels/cuda_build.py (and a test checks them).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -42,7 +42,9 @@ int lotts_quality_mask(const void* diff, const void* orig, int dtype, int64_t ba
 
 /* masked_noise_blend on contiguous x0/other/out(/noise) of `numel` elements; the mask is read
  * at i0*s0 + i1*s1 + (i2/f2)*s2 + (i3/f3)*s3 for the flat index's coordinates (i0..i3) in
- * dims[0..3] (see lotts_kernels/backends/blend_layout.py). */
+ * dims[0..3] (see lotts_kernels/ops/masked_noise_blend_layout.py). Philox noise uses key `seed`
+ * and counter i, or, with `seeds`, key seeds[b] and counter i - b*per_batch for the element's
+ * batch row b (each row then draws what a one-row call with seed seeds[b] draws). */
 typedef struct lotts_blend_args {
   const void* x0;       /* x_dtype */
   const void* other;    /* in_dtype */
@@ -51,6 +53,7 @@ typedef struct lotts_blend_args {
   const void* noise;    /* in_dtype, when noise_mode == LOTTS_NOISE_TENSOR */
   const float* alpha;   /* (batch,) or NULL: then alpha_value */
   const float* sigma;   /* (batch,) or NULL: then sigma_value */
+  const int64_t* seeds; /* (batch,) per-row Philox seeds (noise_mode PHILOX) or NULL: seed */
   int x_dtype;          /* LOTTS_F32, LOTTS_F16 or LOTTS_BF16 */
   int in_dtype;         /* x_dtype or LOTTS_F32 */
   int mask_dtype;

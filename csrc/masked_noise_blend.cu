@@ -4,7 +4,7 @@
 // Memory-bound: a grid-stride loop over 16-byte vectors of x0 / out (4 floats or 8 halves),
 // `other` and `noise` loaded as matching vectors (one or two 16-byte accesses), a scalar loop for
 // the tail and a scalar-only path when any pointer is misaligned. The mask is gathered per element
-// through the coalesced 4-D view computed by lotts_kernels/backends/blend_layout.py (broadcast
+// through the coalesced 4-D view computed by lotts_kernels/ops/masked_noise_blend_layout.py (broadcast
 // dims have stride 0; (B,1,h,w) masks over (B,C,H,W) use integer factors), with multiply-high
 // divisions when the tensor has fewer than 2^31 elements. eps is `noise`, or Philox4x32-10 +
 // Box-Muller of (seed, flat index) exactly as lotts_kernels/philox.py, or absent (NOISE_NONE
@@ -23,6 +23,7 @@ struct BlendParams {
   const void* noise;
   const float* alpha;
   const float* sigma;
+  const int64_t* seeds;  // per-row Philox seeds or nullptr (then `seed`)
   float alpha_value;
   float sigma_value;
   uint64_t seed;
@@ -42,9 +43,9 @@ struct BlendParams {
   FastDiv64 div64_d1, div64_d2, div64_d3, div64_f2, div64_f3, div64_batch;  // when !small
 };
 
-// Mask element offset of flat index i (see blend_layout.py). SMALL (numel < 2^31, p.small) is a
-// template parameter: the 64-bit divisions of the other branch are subroutine calls, whose
-// register saves ptxas counts as spills, so only the kernels for huge tensors carry them.
+// Mask element offset of flat index i (see masked_noise_blend_layout.py). SMALL (numel < 2^31,
+// p.small) is a template parameter, so the kernels for tensors below 2^31 elements carry no
+// 64-bit index math at all.
 template <bool SMALL>
 __device__ __forceinline__ int64_t mask_offset(const BlendParams& p, int64_t i) {
   int64_t i0 = 0, i1 = 0, i2 = 0, i3;
@@ -122,13 +123,18 @@ __device__ __forceinline__ float blend_one(const BlendParams& p, int64_t i, floa
   float m = mask_value<SMALL>(p, i);
   if (p.invert) m = __fsub_rn(1.0f, m);
   int64_t b = 0;
-  if (p.alpha != nullptr || p.sigma != nullptr) b = batch_of<SMALL>(p, i);
+  if (p.alpha != nullptr || p.sigma != nullptr || p.seeds != nullptr)
+    b = batch_of<SMALL>(p, i);
   const float a = p.alpha != nullptr ? p.alpha[b] : p.alpha_value;
   float inside = __fmul_rn(a, x);
   if (NOISE != LOTTS_NOISE_NONE) {
-    const float eps = NOISE == LOTTS_NOISE_TENSOR
-                          ? noise
-                          : philox_normal(p.seed, static_cast<uint64_t>(i));
+    // per-row seeds: key seeds[b], counter restarting at the row (as a one-row call draws)
+    const float eps =
+        NOISE == LOTTS_NOISE_TENSOR ? noise
+        : p.seeds != nullptr
+            ? philox_normal(static_cast<uint64_t>(p.seeds[b]),
+                            static_cast<uint64_t>(i - b * p.per_batch))
+            : philox_normal(p.seed, static_cast<uint64_t>(i));
     const float s = p.sigma != nullptr ? p.sigma[b] : p.sigma_value;
     inside = __fadd_rn(inside, __fmul_rn(s, eps));
   }
@@ -263,6 +269,7 @@ extern "C" int lotts_masked_noise_blend(const lotts_blend_args* args, lotts_stre
   p.noise = args->noise;
   p.alpha = args->alpha;
   p.sigma = args->sigma;
+  p.seeds = args->seeds;
   p.alpha_value = args->alpha_value;
   p.sigma_value = args->sigma_value;
   p.seed = args->seed;

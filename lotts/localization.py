@@ -99,9 +99,9 @@ def token_positions(tokenizer: Any, max_length: int, texts: list[str], selection
 # ----- the localization forward --------------------------------------------------------------
 def renoise(x0: torch.Tensor, alpha: float, sigma: float, seeds: Sequence[int],
             blend_mask: torch.Tensor) -> torch.Tensor:
-    """alpha * x0 + sigma * eps per row, eps drawn from that row's own seed."""
-    return torch.cat([masked_noise_blend(x0[b: b + 1], x0[b: b + 1], blend_mask, alpha, sigma,
-                                         seed=int(seeds[b])) for b in range(x0.shape[0])])
+    """alpha * x0 + sigma * eps per row, eps drawn from that row's own seed (one launch)."""
+    row_seeds = torch.tensor([int(s) for s in seeds], dtype=torch.int64)
+    return masked_noise_blend(x0, x0, blend_mask, alpha, sigma, seed=row_seeds)
 
 
 def localization_inputs(backbone: Any, settings: Any, prompt: str, config: Any

@@ -99,9 +99,8 @@ def refine_batch(run: Any, jobs: Sequence[RefineJob], steps: ResolvedConfig,
     x0 = torch.cat([job.x0 for job in jobs])
     outside = torch.cat([job.trajectory.at(t0) for job in jobs])
     alpha, sigma = run.coefficients(t0)
-    latents = torch.cat([
-        masked_noise_blend(x0[b: b + 1], outside[b: b + 1], masks[b: b + 1], alpha, sigma,
-                           seed=job.seed) for b, job in enumerate(jobs)])
+    seeds = torch.tensor([job.seed for job in jobs], dtype=torch.int64)  # one stream per row
+    latents = masked_noise_blend(x0, outside, masks, alpha, sigma, seed=seeds)
     recorded = [latents] if record else None
 
     def hold_outside(i: int, latents: torch.Tensor) -> torch.Tensor:

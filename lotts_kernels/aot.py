@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
+from lotts_kernels.triton_utils import Launch
+
 if TYPE_CHECKING:  # Triton is optional for lotts_kernels; launchers import Launch without it
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -62,43 +64,23 @@ def ptxas_versions() -> str:
     return ", ".join(found)
 
 
+def jit_function(launch: Launch) -> Any:
+    """The compiled-mode ``triton.JITFunction`` behind a launch's kernel (LazyJit, autotune)."""
+    from triton.runtime.jit import JITFunction
+
+    kernel = launch.kernel
+    if hasattr(kernel, "get"):          # lotts_kernels.triton_utils.LazyJit
+        with compiled_mode():
+            kernel = kernel.get(False)
+    while not isinstance(kernel, JITFunction):  # triton.autotune's Autotuner wraps .fn
+        kernel = kernel.fn
+    return kernel
+
+
 def target(capability: int) -> "GPUTarget":
     from triton.backends.compiler import GPUTarget
 
     return GPUTarget("cuda", capability, 32)
-
-
-@dataclass
-class Launch:
-    """One kernel launch as a launcher makes it: ``kernel[grid](*args, **kwargs)``.
-
-    Launchers build it with the tensors they would launch on and run it; the AOT checks build it
-    with the same code on ``meta`` tensors and compile it instead.
-    """
-
-    kernel: Any              # a LazyJit / JITFunction / Autotuner
-    grid: Any
-    args: tuple
-    kwargs: dict
-
-    def run(self) -> None:
-        self.kernel[self.grid](*self.args, **self.kwargs)
-
-    def jit_function(self) -> Any:
-        """The compiled-mode ``triton.JITFunction`` behind `kernel` (unwrapping lazy/autotune)."""
-        from triton.runtime.jit import JITFunction
-
-        kernel = self.kernel
-        if hasattr(kernel, "get"):          # lotts_kernels.triton_utils.LazyJit
-            with compiled_mode():
-                kernel = kernel.get(False)
-        while not isinstance(kernel, JITFunction):  # triton.autotune's Autotuner wraps .fn
-            kernel = kernel.fn
-        return kernel
-
-    def with_config(self, config: Any) -> "Launch":
-        """The launch an autotuner makes with `config` (its constexprs and num_warps/stages)."""
-        return Launch(self.kernel, self.grid, self.args, {**self.kwargs, **config.all_kwargs()})
 
 
 @dataclass
@@ -170,7 +152,7 @@ def specialize(launch: Launch, gpu: "GPUTarget") -> tuple["ASTSource", dict]:
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
 
-    jit = launch.jit_function()
+    jit = jit_function(launch)
     kwargs = dict(launch.kwargs)
     kwargs["debug"] = kwargs.get("debug", jit.debug) or knobs.runtime.debug
     kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
@@ -367,7 +349,7 @@ class Case:
 
 def _named_args(launch: Launch) -> dict:
     """Kernel arguments by name, as Triton's autotuner hands them to the pruning."""
-    names = launch.jit_function().arg_names
+    names = jit_function(launch).arg_names
     return {**dict(zip(names, launch.args)), **launch.kwargs}
 
 
@@ -438,12 +420,12 @@ def blend_cases(backbone: Backbone, dtype, dtype_name: str, noise_tensor: bool =
     launch = masked_noise_blend.masked_noise_blend_launch
     with compiled_mode():
         cases = [Case("masked_noise_blend", f"{backbone.name} blend", dtype_name,
-                      launch(x0, x0, mask, None, 1.0, None, 0.0, None, None, False)[0]),
+                      launch(x0, x0, mask, None, 1.0, None, 0.0, None, None, None, False)[0]),
                  Case("masked_noise_blend", f"{backbone.name} seeded noise", dtype_name,
-                      launch(x0, x0, mask, None, 0.8, None, 0.6, None, 1234, False)[0])]
+                      launch(x0, x0, mask, None, 0.8, None, 0.6, None, 1234, None, False)[0])]
         if noise_tensor:
             cases.append(Case("masked_noise_blend", f"{backbone.name} noise tensor", dtype_name,
-                              launch(x0, x0, mask, None, 0.8, None, 0.6, x0, None, True)[0]))
+                              launch(x0, x0, mask, None, 0.8, None, 0.6, x0, None, None, True)[0]))
     return cases
 
 

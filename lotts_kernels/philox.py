@@ -41,8 +41,10 @@ def _mul_hi_lo(constant: int, word: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return high, low
 
 
-def philox4x32(counter_lo: torch.Tensor, counter_hi: torch.Tensor, seed: int):
-    """The four 32-bit output words (as int64 tensors) for counters (lo, hi, 0, 0)."""
+def philox4x32(counter_lo: torch.Tensor, counter_hi: torch.Tensor, seed):
+    """The four 32-bit output words (as int64 tensors) for counters (lo, hi, 0, 0).
+
+    `seed` is an int or an int64 tensor broadcastable against the counters (one key each)."""
     c0, c1 = counter_lo, counter_hi
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
@@ -60,16 +62,28 @@ def uniform_from_word(word: torch.Tensor) -> torch.Tensor:
     return ((word >> 8).float() + 0.5) * UNIFORM_SCALE
 
 
+def _box_muller(index: torch.Tensor, seed) -> torch.Tensor:
+    w0, w1, _, _ = philox4x32(index & MASK32, index >> 32, seed)
+    u1, u2 = uniform_from_word(w0), uniform_from_word(w1)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(TWO_PI * u2)
+
+
 def normal(seed: int, shape, device: torch.device | str = "cpu") -> torch.Tensor:
     """Standard-normal float32 tensor of `shape`, element i drawn from (seed, i)."""
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed}")
-    count = math.prod(shape)
-    index = torch.arange(count, dtype=torch.int64, device=device)
-    w0, w1, _, _ = philox4x32(index & MASK32, index >> 32, int(seed))
-    u1, u2 = uniform_from_word(w0), uniform_from_word(w1)
-    eps = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(TWO_PI * u2)
-    return eps.reshape(shape)
+    index = torch.arange(math.prod(shape), dtype=torch.int64, device=device)
+    return _box_muller(index, int(seed)).reshape(shape)
+
+
+def normal_rows(seeds: torch.Tensor, shape, device: torch.device | str | None = None
+                ) -> torch.Tensor:
+    """Float32 tensor of `shape` = (B, ...) whose row b is ``normal(seeds[b], shape[1:])``:
+    one independent stream per batch row, each counted from 0 (seeds: int64 (B,))."""
+    device = seeds.device if device is None else device
+    index = torch.arange(math.prod(shape[1:]), dtype=torch.int64, device=device)
+    keys = seeds.to(device=device, dtype=torch.int64)[:, None]
+    return _box_muller(index[None, :], keys).reshape(shape)
 
 
 @jit(constants=("MULTIPLIER_0", "MULTIPLIER_1", "WEYL_0", "WEYL_1", "ROUNDS", "UNIFORM_SCALE",

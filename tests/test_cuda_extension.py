@@ -26,7 +26,7 @@ from lotts_kernels import KernelUnavailableError, philox, use_impl
 from lotts_kernels import cuda_build
 from lotts_kernels.ops import masked_noise_blend as blend_op
 from lotts_kernels.ops import quality_mask as quality_mask_op
-from tests.helpers import assert_close, seeded, tolerance
+from tests.helpers import assert_accurate, assert_close, blend_exact_and_low, seeded
 
 REPO = Path(__file__).resolve().parent.parent
 CSRC = REPO / "csrc"
@@ -227,7 +227,7 @@ def test_limits():
     x0 = torch.empty(2, 3, 4, 5, 6)
     mask = torch.ones(2, 1, 4, 1, 6, dtype=torch.bool)
     assert "4 index dims" in blend_op.masked_noise_blend_limits(
-        x0, x0, mask, None, 1.0, None, 0.0, None, None, False)[0]
+        x0, x0, mask, None, 1.0, None, 0.0, None, None, None, False)[0]
     assert quality_mask_op.quality_mask_cuda_limits(torch.empty(2, 10), None, 1.0, 0.5) == []
 
 
@@ -298,8 +298,8 @@ def _gpu_blend_case(dtype, shape, mask, alpha, sigma, noise=None, seed=None, inv
     assert out.dtype == x0.dtype
     if seed is None:  # same float32 operations as eager PyTorch: identical bits
         assert torch.equal(out, expected)
-    else:
-        assert_close(out, expected, *tolerance(dtype))
+    assert_accurate(out, *blend_exact_and_low(x0, other, mask, alpha, sigma, noise, seed, invert),
+                    what="blend")
     m = blend_op.expand_mask(mask, x0.shape).float()
     zero = (1.0 - m if invert else m) == 0
     assert torch.equal(out[zero], other[zero].to(out.dtype))
@@ -340,3 +340,23 @@ def test_gpu_blend_misaligned_and_odd(ext, dtype, numel):
     aligned_x = torch.randn(1, numel, device="cuda").to(dtype)  # aligned, odd tail
     _gpu_blend_case(dtype, (1, numel), mask, 0.5, 0.25, seed=99, x0=aligned_x,
                     other=torch.randn_like(aligned_x))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+def test_gpu_blend_batched_seeds_equal_per_row_calls(ext, dtype):
+    shape = (3, 4, 33, 17)
+    x0 = torch.randn(shape, generator=seeded(5)).to("cuda", dtype)
+    other = torch.randn(shape, generator=seeded(6)).to("cuda", dtype)
+    mask = torch.rand(3, 1, 11, 17, device="cuda") > 0.4
+    seeds = torch.tensor([9, 2**35 + 1, 2**63 - 1])
+    with use_impl("cuda"):
+        batched = lotts_kernels.masked_noise_blend(x0, other, mask, 0.6, 0.8, seed=seeds)
+        rows = torch.cat([lotts_kernels.masked_noise_blend(
+            x0[b:b + 1], other[b:b + 1], mask[b:b + 1], 0.6, 0.8, seed=int(seeds[b]))
+            for b in range(3)])
+        on_device = lotts_kernels.masked_noise_blend(x0, other, mask, 0.6, 0.8,
+                                                     seed=seeds.cuda())
+    assert torch.equal(batched, rows) and torch.equal(batched, on_device)
+    assert_accurate(batched, *blend_exact_and_low(x0, other, mask, 0.6, 0.8, seed=seeds),
+                    what="blend")

@@ -20,10 +20,12 @@ def sample_calls():
     x0, other = randn(2, 4, 6, 6, seed=7), randn(2, 4, 6, 6, seed=8)
     mask = torch.rand(2, 1, 3, 3, generator=torch.Generator().manual_seed(9)) > 0.5
     yield torch.ops.lotts.masked_noise_blend.default, (
-        x0, other, mask, None, 0.8, torch.tensor([0.1, 0.2]), 0.0, None, 5, False, "")
+        x0, other, mask, None, 0.8, torch.tensor([0.1, 0.2]), 0.0, None, 5, None, False, "")
     yield torch.ops.lotts.masked_noise_blend.default, (
         x0, other, mask.float(), torch.tensor([0.9, 0.7]), 0.0, None, 0.4, randn(2, 4, 6, 6, seed=10),
-        None, True, "auto")
+        None, None, True, "auto")
+    yield torch.ops.lotts.masked_noise_blend.default, (
+        x0, other, mask, None, 0.8, None, 0.5, None, None, torch.tensor([3, 2**40]), False, "")
 
 
 @pytest.mark.parametrize("op, args", list(sample_calls()), ids=lambda v: str(v)[:40])

@@ -48,6 +48,8 @@ CASES = [
     (call_maps, dict(token_index=INDEX.int()), "token_index"),
     (call_maps, dict(token_index=torch.tensor([0, 7])), "token_index"),
     (call_maps, dict(token_index=torch.zeros(3, 2, dtype=torch.long)), "token_index"),
+    (call_maps, dict(token_index=[[0, 1], [2]]), "token_index"),
+    (call_maps, dict(token_index=[0, 7]), "token_index"),
     (call_maps, dict(q=Q.to(META)), "device"),
     (call_propagate, dict(maps=randn(2, 6, 2, seed=10)), "maps"),
     (call_propagate, dict(maps=randn(2, 7, seed=11)), "maps"),

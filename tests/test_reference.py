@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 import lotts_kernels as kernels
 from lotts_kernels import philox
 from lotts_kernels.ops import attention
-from tests.helpers import assert_close, randn, tolerance
+from tests.helpers import (
+    assert_accurate,
+    assert_close,
+    blend_exact_and_low,
+    plain_attention_probs,
+    randn,
+)
 
 ATTENTION_SHAPES = [  # (B, H, Lq, Lk, D, T)
     (1, 1, 37, 77, 24, 1),
@@ -39,7 +45,7 @@ def test_token_maps_match_naive(shape, dtype):
     assert maps.shape == (batch, lq, t)
     scale = d ** -0.5
     exact_out = torch.softmax(q.double() @ k.double().transpose(-1, -2) * scale, -1) @ v.double()
-    assert_close(out, exact_out, *tolerance(dtype), what="out")
+    assert_accurate(out, exact_out, plain_attention_probs(q, k, scale) @ v, what="out")
     # maps are computed in float32 from low-precision q, k: compare with the same inputs upcast.
     assert_close(maps, naive_token_maps(q, k, token_index, scale), 1e-6, 1e-5, what="maps")
 
@@ -166,7 +172,8 @@ def test_blend_upsampled_mask_with_noise(dtype):
     out = kernels.masked_noise_blend(x0, other, small, 0.7, 0.4, noise=noise)
     m = small.double().repeat_interleave(3, 2).repeat_interleave(3, 3)
     assert out.dtype == dtype
-    assert_close(out, naive_blend(x0, other, m, 0.7, 0.4, noise), *tolerance(dtype))
+    exact = naive_blend(x0, other, m, 0.7, 0.4, noise)
+    assert_accurate(out, exact, blend_exact_and_low(x0, other, small, 0.7, 0.4, noise)[1])
 
 
 def test_blend_soft_packed_mask_tensor_coefficients_and_invert():
@@ -227,3 +234,43 @@ def test_philox_known_answer_and_statistics():
     assert abs(eps.mean().item()) < 0.01 and abs(eps.std().item() - 1) < 0.01
     assert torch.equal(philox.normal(7, (2, 3)).flatten(), philox.normal(7, (6,)))
     assert not torch.equal(philox.normal(7, (6,)), philox.normal(8, (6,)))
+
+
+def _per_row_blend(x0, other, mask, alpha, sigma, seeds, impl=None):
+    """The call batched seeds replace: one call per row with that row's seed."""
+    rows = []
+    for b, seed in enumerate(seeds.tolist()):
+        row_mask = mask[b:b + 1] if mask.dim() == x0.dim() and mask.shape[0] > 1 else mask
+        row_alpha = alpha[b:b + 1] if isinstance(alpha, torch.Tensor) else alpha
+        row_sigma = sigma[b:b + 1] if isinstance(sigma, torch.Tensor) else sigma
+        rows.append(kernels.masked_noise_blend(x0[b:b + 1], other[b:b + 1], row_mask, row_alpha,
+                                               row_sigma, seed=seed, impl=impl))
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_blend_batched_seeds_equal_per_row_calls(dtype):
+    x0, other = randn(3, 4, 6, 10, dtype=dtype, seed=31), randn(3, 4, 6, 10, dtype=dtype, seed=32)
+    mask = torch.rand(3, 1, 3, 5, generator=torch.Generator().manual_seed(33)) > 0.4
+    seeds = torch.tensor([7, 2**40 + 3, 7])  # a repeated seed: rows 0 and 2 draw the same eps
+    sigma = torch.tensor([0.3, 0.9, 0.5])
+    out = kernels.masked_noise_blend(x0, other, mask, 0.8, sigma, seed=seeds)
+    assert torch.equal(out, _per_row_blend(x0, other, mask, 0.8, sigma, seeds))
+    eps = philox.normal_rows(seeds, (3, 40))
+    assert torch.equal(eps[0], eps[2]) and not torch.equal(eps[0], eps[1])
+    assert torch.equal(eps[1], philox.normal(2**40 + 3, (40,)))
+
+
+def test_blend_batched_seeds_are_checked():
+    x0 = randn(2, 5, seed=34)
+    with pytest.raises(ValueError, match=r"int64 of shape \(2,\)"):
+        kernels.masked_noise_blend(x0, x0, torch.ones(2, 5) > 0, 1.0, 0.5, seed=torch.tensor([1]))
+    with pytest.raises(ValueError, match="int64"):
+        kernels.masked_noise_blend(x0, x0, torch.ones(2, 5) > 0, 1.0, 0.5,
+                                   seed=torch.tensor([1, 2], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*63\)"):
+        kernels.masked_noise_blend(x0, x0, torch.ones(2, 5) > 0, 1.0, 0.5,
+                                   seed=torch.tensor([1, -2]))
+    with pytest.raises(ValueError, match="noise or seed"):
+        kernels.masked_noise_blend(x0, x0, torch.ones(2, 5) > 0, 1.0, 0.5, noise=x0,
+                                   seed=torch.tensor([1, 2]))

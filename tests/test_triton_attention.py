@@ -23,7 +23,14 @@ pytest.importorskip("triton")
 import lotts_kernels  # noqa: E402
 from lotts_kernels import triton_utils  # noqa: E402
 from lotts_kernels.ops import attention  # noqa: E402
-from tests.helpers import assert_close, assert_error_within, randn, tolerance  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    assert_accurate,
+    assert_close,
+    exact_attention_probs,
+    plain_attention_probs,
+    randn,
+    tolerance,
+)
 
 INTERPRETING = triton_utils.interpreting()
 DEVICE = "cpu" if INTERPRETING else "cuda"
@@ -56,7 +63,9 @@ def _check_token_maps(q, k, v, token_index, scale=None):
     ref_out, ref_maps = attention.attention_with_token_maps_ref(q.float(), k.float(), v.float(),
                                                             rows, scale)
     assert out.dtype == q.dtype and maps.dtype == torch.float32
-    assert_close(out, ref_out, *tolerance(q.dtype), what="out")
+    exact_out = torch.matmul(exact_attention_probs(q, k, scale), v.double())
+    assert_accurate(out, exact_out, torch.matmul(plain_attention_probs(q, k, scale), v),
+                    what="out")
     # maps are float32 math on the same inputs (fp16 products are exact in fp32 accumulation).
     assert_close(maps, ref_maps, *tolerance(torch.float32), what="maps")
     return out, maps
@@ -66,9 +75,10 @@ def _check_propagate(q, k, maps, scale=None):
     with lotts_kernels.use_impl("triton"):
         result = lotts_kernels.attention_propagate(q, k, maps, scale)
     scale = attention.default_scale(q.shape[-1]) if scale is None else scale
-    expected = attention.attention_propagate_ref(q.float(), k.float(), maps.float(), scale)
     assert result.dtype == torch.float32
-    assert_close(result, expected, *tolerance(q.dtype), what="propagated maps")
+    exact = torch.matmul(exact_attention_probs(q, k, scale), maps.double()[:, None]).mean(1)
+    low = torch.matmul(plain_attention_probs(q, k, scale), maps.to(q.dtype)[:, None]).mean(1)
+    assert_accurate(result, exact, low, what="propagated maps")
     return result
 
 
@@ -128,6 +138,33 @@ def test_token_maps_independent_of_output_garbage():
         assert torch.equal(a, b)
 
 
+def test_token_maps_out_of_range_gpu_index_reads_nothing_and_flags_nan():
+    """Fix 5: GPU token indices are not range-checked on the host (that needs a device sync);
+    the kernel must not read keys out of bounds and flags such a column with NaN."""
+    q, k, v = _qkv(2, 2, 9, 13, 8, 8, torch.float32, seed=45)
+    rows = torch.tensor([[0, 13, 5], [-1, 12, 2**40]], device=DEVICE)  # bypasses the host check
+    scale = attention.default_scale(8)
+    out, maps = attention.attention_with_token_maps_triton(q, k, v, rows, scale)
+    ref_out, ref_maps = attention.attention_with_token_maps_ref(q, k, v, rows, scale)
+    bad = torch.tensor([[False, True, False], [True, False, True]])
+    assert bool(maps[bad[:, None, :].expand_as(maps)].isnan().all())
+    assert bool(ref_maps[bad[:, None, :].expand_as(ref_maps)].isnan().all())
+    good = ~bad[:, None, :].expand_as(maps)
+    assert_close(maps[good], ref_maps[good], *tolerance(torch.float32), what="valid columns")
+    assert_close(out, ref_out, *tolerance(torch.float32), what="out")
+
+
+def test_token_index_as_list_is_checked_and_used():
+    q, k, v = _qkv(2, 1, 5, 9, 8, 8, torch.float32, seed=46)
+    with lotts_kernels.use_impl("triton"):
+        _, from_list = lotts_kernels.attention_with_token_maps(q, k, v, [[1, 8], [0, 3]])
+        _, from_tensor = lotts_kernels.attention_with_token_maps(
+            q, k, v, torch.tensor([[1, 8], [0, 3]], device=DEVICE))
+    assert torch.equal(from_list, from_tensor)
+    with pytest.raises(ValueError, match=r"token_index values must lie in \[0, 9\)"):
+        lotts_kernels.attention_with_token_maps(q, k, v, [1, 9])
+
+
 # ----- op 2: attention propagate --------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -179,11 +216,6 @@ def test_explicit_triton_request_names_the_limit():
 
 # ----- GPU: realistic shapes, flash-attention's error rule ------------------------------------
 
-def _low_precision_probs(q, k, scale):
-    """Plain PyTorch in q's dtype: what the kernel's error is measured against."""
-    return torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale, dim=-1)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_gpu_token_maps_sd_shape(dtype):
@@ -195,13 +227,11 @@ def test_gpu_token_maps_sd_shape(dtype):
     with lotts_kernels.use_impl("triton"):
         out, maps = lotts_kernels.attention_with_token_maps(q, k, v, token_index, scale)
     gather = token_index[:, None, None, :].expand(batch, heads, num_queries, num_tokens)
-    exact = attention.naive_attention_probs(q, k, scale)
-    low = _low_precision_probs(q, k, scale)
-    assert_error_within(out, torch.matmul(low, v), torch.matmul(exact, v.double()), what="out")
-    assert_error_within(maps, low.gather(-1, gather).float().mean(1),
-                        exact.gather(-1, gather).mean(1), what="maps")
-    _, ref_maps = attention.attention_with_token_maps_ref(q, k, v, token_index, scale)
-    assert_close(maps, ref_maps, *tolerance(dtype), what="maps vs reference")
+    exact = exact_attention_probs(q, k, scale)
+    low = plain_attention_probs(q, k, scale)
+    assert_accurate(out, torch.matmul(exact, v.double()), torch.matmul(low, v), what="out")
+    assert_accurate(maps, exact.gather(-1, gather).mean(1), low.gather(-1, gather).mean(1),
+                    what="maps")
 
 
 @pytest.mark.gpu
@@ -214,8 +244,20 @@ def test_gpu_propagate_self_attention_shape(dtype):
     scale = attention.default_scale(head_dim)
     with lotts_kernels.use_impl("triton"):
         result = lotts_kernels.attention_propagate(q, k, maps, scale)
-    exact = torch.matmul(attention.naive_attention_probs(q, k, scale), maps.double()[:, None])
-    low = torch.matmul(_low_precision_probs(q, k, scale), maps.to(dtype)[:, None])
-    assert_error_within(result, low.float().mean(1), exact.mean(1), what="propagated maps")
-    expected = attention.attention_propagate_ref(q, k, maps, scale)
-    assert_close(result, expected, *tolerance(dtype), what="propagated maps vs reference")
+    exact = torch.matmul(exact_attention_probs(q, k, scale), maps.double()[:, None])
+    low = torch.matmul(plain_attention_probs(q, k, scale), maps.to(dtype)[:, None])
+    assert_accurate(result, exact.mean(1), low.mean(1), what="propagated maps")
+
+
+@pytest.mark.gpu
+def test_gpu_token_index_host_copy_is_checked_and_device_index_flagged():
+    q = randn(2, 3, 64, 32, dtype=torch.float16, seed=95, device="cuda")
+    k = randn(2, 3, 77, 32, dtype=torch.float16, seed=96, device="cuda")
+    with pytest.raises(ValueError, match="token_index values"):
+        lotts_kernels.attention_with_token_maps(q, k, k, torch.tensor([3, 77]))  # host copy
+    _, host = lotts_kernels.attention_with_token_maps(q, k, k, torch.tensor([3, 76]))
+    _, device = lotts_kernels.attention_with_token_maps(q, k, k, torch.tensor([3, 76]).cuda())
+    assert torch.equal(host, device)
+    _, flagged = lotts_kernels.attention_with_token_maps(q, k, k, torch.tensor([3, 77]).cuda(),
+                                                         impl="triton")
+    assert bool(flagged[..., 1].isnan().all()) and not bool(flagged[..., 0].isnan().any())

@@ -24,14 +24,13 @@ MiB) even at 4096 x 4096 tokens.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 from lotts_kernels import _checks, dispatch
-from lotts_kernels.aot import Launch
-from lotts_kernels.triton_utils import TRITON, cdiv, jit, next_power_of_2, tl
+from lotts_kernels.triton_utils import TRITON, Launch, cdiv, jit, next_power_of_2, tl
 
 # Largest head dim / value dim the kernel keeps in registers; larger spills too much.
 MAX_HEAD_DIM = 256
@@ -61,8 +60,21 @@ def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
         raise ValueError(f"q and k need at least one token, got Lq={q.shape[2]}, Lk={k.shape[2]}")
 
 
-def _token_index_rows(token_index: torch.Tensor, batch: int, num_keys: int) -> torch.Tensor:
-    """Validate token_index and return it as int64 (B, T)."""
+def _token_index_rows(token_index, batch: int, num_keys: int,
+                      device: torch.device) -> torch.Tensor:
+    """Validate token_index and return it as int64 (B, T) on `device`.
+
+    Values are range-checked on the host, never on a GPU (that would need a device sync): a
+    list, tuple or CPU tensor is checked and then copied to `device`; a tensor already on the
+    GPU is taken as is, and the kernels flag its out-of-range entries instead (see
+    :func:`attention_with_token_maps`).
+    """
+    if isinstance(token_index, (list, tuple)):
+        try:
+            token_index = torch.tensor(token_index, dtype=torch.int64)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"token_index as a list must be (T,) or (B, T) ints: {error}"
+                             ) from None
     _checks.check_tensor("token_index", token_index)
     if token_index.dtype != torch.int64:
         raise ValueError(f"token_index must be int64, got {token_index.dtype}")
@@ -72,11 +84,16 @@ def _token_index_rows(token_index: torch.Tensor, batch: int, num_keys: int) -> t
     if token_index.shape[-1] == 0:
         raise ValueError("token_index must select at least one key position")
     rows = token_index.expand(batch, token_index.shape[-1])
-    if not torch.compiler.is_compiling() and token_index.device.type == "cpu":
-        bad = (rows < 0) | (rows >= num_keys)
-        if bool(bad.any()):
-            raise ValueError(f"token_index values must lie in [0, {num_keys}), got "
-                             f"{rows[bad][0].item()}")
+    if token_index.device.type == "cpu":
+        if not torch.compiler.is_compiling():
+            bad = (rows < 0) | (rows >= num_keys)
+            if bool(bad.any()):
+                raise ValueError(f"token_index values must lie in [0, {num_keys}), got "
+                                 f"{rows[bad][0].item()}")
+        rows = rows.to(device, non_blocking=True)
+    elif token_index.device != device:
+        raise ValueError(f"token_index is on {token_index.device} but q on {device}; pass it "
+                         "on q's device or on the CPU")
     return rows.contiguous()
 
 
@@ -91,9 +108,9 @@ def _prepare_token_maps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         _checks.check_dim("v", v, dim, k.shape[dim], what)
     if v.dtype != q.dtype:
         raise ValueError(f"v has dtype {v.dtype} but q has {q.dtype}; they must match")
-    _checks.check_same_device(q=q, k=k, v=v, token_index=token_index)
+    _checks.check_same_device(q=q, k=k, v=v)
     _checks.check_scale(scale)
-    rows = _token_index_rows(token_index, q.shape[0], k.shape[2])
+    rows = _token_index_rows(token_index, q.shape[0], k.shape[2], q.device)
     scale = default_scale(q.shape[-1]) if scale is None else float(scale)
     return (q, k, v, rows, scale), impl
 
@@ -102,18 +119,24 @@ def attention_with_token_maps(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    token_index: torch.Tensor,
+    token_index: Union[torch.Tensor, Sequence[int], Sequence[Sequence[int]]],
     scale: Optional[float] = None,
     *,
     impl: Optional[str] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention that also returns attention maps of chosen key tokens.
 
-    q (B,H,Lq,D), k (B,H,Lk,D), v (B,H,Lk,Dv); token_index int64 (T,) or (B,T) key positions.
-    Returns `out` equal to ``F.scaled_dot_product_attention(q, k, v, scale=scale)`` (q's dtype)
-    and `maps`, float32 (B,Lq,T): the head-mean softmax(q k^T * scale) over all Lk keys, read at
-    `token_index`. GPU kernels do both in one pass without a (B,H,Lq,Lk) tensor. `impl` forces
-    one implementation ("ref", "triton", "auto") for this call.
+    q (B,H,Lq,D), k (B,H,Lk,D), v (B,H,Lk,Dv); token_index int64 (T,) or (B,T) key positions in
+    [0, Lk), as a tensor or a list/tuple. Returns `out` equal to
+    ``F.scaled_dot_product_attention(q, k, v, scale=scale)`` (q's dtype) and `maps`, float32
+    (B,Lq,T): the head-mean softmax(q k^T * scale) over all Lk keys, read at `token_index`. GPU
+    kernels do both in one pass without a (B,H,Lq,Lk) tensor. `impl` forces one implementation
+    ("ref", "triton", "auto") for this call.
+
+    token_index contract: a list, tuple or CPU tensor is range-checked (ValueError) and copied
+    to q's device, so pass the host copy when you have one; a tensor already on q's GPU is not
+    checked (that would cost a device sync): an out-of-range entry never reads out of bounds,
+    its maps column is NaN instead.
     """
     args, impl = _prepare_token_maps(q, k, v, token_index, scale, impl=impl)
     return _attention_with_token_maps(*args, impl or dispatch.CONTEXT)
@@ -212,11 +235,14 @@ def attention_with_token_maps_ref(
     out = F.scaled_dot_product_attention(q, k, v, scale=scale)
     batch, heads, num_queries, _ = q.shape
     num_tokens = token_index.shape[1]
+    # Out-of-range entries (possible only for unchecked GPU indices) read NaN, as the kernel's.
+    in_range = (token_index >= 0) & (token_index < k.shape[2])
+    safe = token_index.clamp(0, k.shape[2] - 1)
     maps = torch.empty(batch, num_queries, num_tokens, dtype=torch.float32, device=q.device)
     for start, probs in _softmax_chunks(q, k, scale):
-        index = token_index[:, None, None, :].expand(batch, heads, probs.shape[2], num_tokens)
+        index = safe[:, None, None, :].expand(batch, heads, probs.shape[2], num_tokens)
         maps[:, start:start + probs.shape[2]] = probs.gather(-1, index).mean(dim=1)
-    return out, maps
+    return out, maps.masked_fill_(~in_range[:, None, :], float("nan"))
 
 
 def attention_propagate_ref(
@@ -286,17 +312,22 @@ def _online_softmax_step(acc, m_i, l_i, q, k_base, v_base, start_n, num_keys, st
 
 @jit
 def _store_token_maps(q, m_i, inv_l, k_base, stride_kn, index_base, maps_base, stride_mm, offs_m,
-                      num_queries, num_tokens, qk_scale, HEAD_DIM: tl.constexpr,
+                      num_queries, num_keys, num_tokens, qk_scale, HEAD_DIM: tl.constexpr,
                       D_PAD: tl.constexpr, BLOCK_T: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Probabilities of the selected keys: their scores recomputed, scaled by the final (m, 1/l)."""
+    """Probabilities of the selected keys: their scores recomputed, scaled by the final (m, 1/l).
+
+    An index outside [0, num_keys) (GPU indices are not checked on the host) reads no key row
+    and writes NaN: a flag the caller sees without a device sync."""
     query_ok = offs_m < num_queries
     for start_t in range(0, num_tokens, BLOCK_T):
         offs_t = start_t + tl.arange(0, BLOCK_T)
         token_ok = offs_t < num_tokens
         keys = tl.load(index_base + offs_t, mask=token_ok, other=0)
-        k = _load_rows(k_base, keys, stride_kn, token_ok, HEAD_DIM, D_PAD)
+        key_ok = token_ok & (keys >= 0) & (keys < num_keys)
+        k = _load_rows(k_base, keys, stride_kn, key_ok, HEAD_DIM, D_PAD)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         p = tl.math.exp2(s - m_i[:, None]) * inv_l[:, None]
+        p = tl.where(key_ok[None, :], p, float("nan"))
         ptrs = maps_base + offs_m[:, None] * stride_mm + offs_t[None, :]
         tl.store(ptrs, p, mask=query_ok[:, None] & token_ok[None, :])
 
@@ -343,7 +374,7 @@ def _attention_kernel_body(
     tl.store(out_ptrs, (acc * inv_l[:, None]).to(out_ptr.dtype.element_ty), mask=out_mask)
     if WITH_MAPS:
         _store_token_maps(q, m_i, inv_l, k_base, stride_kn, index_ptr + b * stride_ib,
-                          maps_ptr + b * stride_mb + h * stride_mh, stride_mm, offs_m, Lq,
+                          maps_ptr + b * stride_mb + h * stride_mh, stride_mm, offs_m, Lq, Lk,
                           num_tokens, qk_scale, HEAD_DIM, D_PAD, BLOCK_T, DOT_PRECISION)
 
 

@@ -12,8 +12,9 @@ Triton Design:
   stores are 16-byte vectors (when numel and the pointers are 16-divisible, which Triton's
   argument specialization sees; other sizes take masked scalar accesses); the mask is gathered
   through the coalesced 4-D view of :mod:`lotts_kernels.ops.masked_noise_blend_layout`
-  (broadcast dims have stride 0, a (B,1,h,w) mask over (B,C,H,W) latents is read at (h_i // f, w_i // f)); only the dims that exist are
-  decomposed (NDIM is a compile-time constant), so a same-shape mask costs no division.
+  (broadcast dims have stride 0, a (B,1,h,w) mask over (B,C,H,W) latents is read at
+  (h_i // f, w_i // f)); only the dims that exist are decomposed (NDIM is a compile-time
+  constant), so a same-shape mask costs no division.
 * Arithmetic in float32 in exactly the reference's order, each op rounded separately
   (`enable_fp_fusion=False` forbids mul+add -> fma contraction), so with the same eps the
   result is bit-identical to eager PyTorch on the same device; where m == 0 it is `other`.
@@ -29,10 +30,9 @@ from typing import Optional, Union
 import torch
 
 from lotts_kernels import _checks, cuda_build, dispatch, philox
-from lotts_kernels.aot import Launch
 from lotts_kernels.ops import masked_noise_blend_layout as blend_layout
 from lotts_kernels.philox import philox_normal_triton
-from lotts_kernels.triton_utils import TRITON, cdiv, interpreting, jit, libdevice, tl
+from lotts_kernels.triton_utils import TRITON, Launch, cdiv, interpreting, jit, libdevice, tl
 
 Number = Union[int, float]
 
@@ -43,7 +43,8 @@ Number = Union[int, float]
 BLOCK = 2048
 PHILOX_BLOCK = 1024
 NUM_WARPS = 8
-NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX = 0, 1, 2
+# eps source (the kernels' NOISE): none, a tensor, Philox of one seed, Philox of per-row seeds
+NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX, NOISE_PHILOX_ROWS = 0, 1, 2, 3
 
 # ----- 1. public function and argument checks -------------------------------------------------
 
@@ -85,7 +86,7 @@ def _prepare(
     alpha: Union[Number, torch.Tensor],
     sigma: Union[Number, torch.Tensor],
     noise: Optional[torch.Tensor] = None,
-    seed: Optional[int] = None,
+    seed: Union[int, torch.Tensor, None] = None,
     invert: bool = False,
     *,
     impl: Optional[str] = None,
@@ -104,14 +105,14 @@ def _prepare(
         _checks.check_float("noise", noise)
         if noise.shape != x0.shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)} but x0 has {tuple(x0.shape)}")
-    _check_seed(noise, seed, sigma)
+    seed, seeds = _check_seed(noise, seed, sigma, x0)
     _checks.check_same_device(x0=x0, other=other, mask=mask, noise=noise,
                               alpha=alpha if isinstance(alpha, torch.Tensor) else None,
                               sigma=sigma if isinstance(sigma, torch.Tensor) else None)
     alpha_tensor, alpha_value = _coefficient(alpha)
     sigma_tensor, sigma_value = _coefficient(sigma)
     args = (x0, other, mask, alpha_tensor, alpha_value, sigma_tensor, sigma_value, noise, seed,
-            bool(invert))
+            seeds, bool(invert))
     return args, impl
 
 
@@ -122,7 +123,7 @@ def masked_noise_blend(
     alpha: Union[Number, torch.Tensor],
     sigma: Union[Number, torch.Tensor],
     noise: Optional[torch.Tensor] = None,
-    seed: Optional[int] = None,
+    seed: Union[int, torch.Tensor, None] = None,
     invert: bool = False,
     *,
     impl: Optional[str] = None,
@@ -132,7 +133,11 @@ def masked_noise_blend(
     x0 and other share one shape (B, ...); alpha and sigma are floats or (B,) tensors; mask is
     bool or float in [0,1], broadcastable to x0, or (B,1,h,w) for (B,C,H,W) latents (upsampled
     nearest). eps is `noise`, or drawn from `seed` by :mod:`lotts_kernels.philox` (same seed and
-    shape: same eps on a device). With sigma == 0 no noise is needed: the per-step blend.
+    shape: same eps on a device). `seed` may also be a (B,) int64 tensor, one seed per batch
+    row: row b then gets exactly the noise of a call on ``x0[b:b+1]`` with ``seed=seeds[b]``, in
+    one launch (a CPU tensor is range-checked and copied to x0's device; a tensor already on
+    x0's GPU is used as is, unchecked, to avoid a device sync). With sigma == 0 no noise is
+    needed: the per-step blend.
     Returns a tensor of x0's dtype. `impl` forces one implementation ("ref", "triton", "cuda",
     "auto") for this call.
     """
@@ -140,15 +145,36 @@ def masked_noise_blend(
     return _masked_noise_blend(*args, impl or dispatch.CONTEXT)
 
 
-def _check_seed(noise: Optional[torch.Tensor], seed: Optional[int], sigma) -> None:
+def _check_seed(noise: Optional[torch.Tensor], seed, sigma, x0: torch.Tensor
+                ) -> tuple[Optional[int], Optional[torch.Tensor]]:
+    """Validate `seed` (an int or a (B,) int64 tensor); return (int seed, per-row seeds)."""
     if noise is not None and seed is not None:
         raise ValueError("give noise or seed, not both")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
-                             or not 0 <= seed < 2**63):
-        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    seeds = None
+    if isinstance(seed, torch.Tensor):
+        seeds, seed = _seed_rows(seed, x0), None
+    elif seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                               or not 0 <= seed < 2**63):
+        raise ValueError(f"seed must be an int in [0, 2**63) or a (B,) int64 tensor, got "
+                         f"{seed!r}")
     sigma_is_zero = not isinstance(sigma, torch.Tensor) and sigma == 0
-    if noise is None and seed is None and not sigma_is_zero:
+    if noise is None and seed is None and seeds is None and not sigma_is_zero:
         raise ValueError("sigma is not zero, so noise or seed must be given")
+    return seed, seeds
+
+
+def _seed_rows(seeds: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """A (B,) int64 seed tensor on x0's device; values checked when they are on the CPU."""
+    if seeds.dtype != torch.int64 or seeds.dim() != 1 or seeds.shape[0] != x0.shape[0]:
+        raise ValueError(f"seed as a tensor must be int64 of shape ({x0.shape[0]},) (one per "
+                         f"batch row), got {seeds.dtype} {tuple(seeds.shape)}")
+    if seeds.device.type == "cpu":
+        if not torch.compiler.is_compiling() and bool((seeds < 0).any()):
+            raise ValueError(f"seed values must lie in [0, 2**63), got {seeds.tolist()}")
+        return seeds.to(x0.device, non_blocking=True).contiguous()
+    if seeds.device != x0.device:
+        raise ValueError(f"seed is on {seeds.device} but x0 on {x0.device}")
+    return seeds.contiguous()
 
 
 # ----- 2. custom op and fake ------------------------------------------------------------------
@@ -164,15 +190,16 @@ def _masked_noise_blend(
     sigma_value: float,
     noise: Optional[torch.Tensor],
     seed: Optional[int],
+    seeds: Optional[torch.Tensor],
     invert: bool,
     impl: str,
 ) -> torch.Tensor:
     return dispatch.run("masked_noise_blend", impl, x0, other, mask, alpha, alpha_value, sigma,
-                        sigma_value, noise, seed, invert)
+                        sigma_value, noise, seed, seeds, invert)
 
 
 @_masked_noise_blend.register_fake
-def _(x0, other, mask, alpha, alpha_value, sigma, sigma_value, noise, seed, invert, impl):
+def _(x0, other, mask, alpha, alpha_value, sigma, sigma_value, noise, seed, seeds, invert, impl):
     return torch.empty_like(x0, memory_format=torch.contiguous_format)
 
 
@@ -203,20 +230,27 @@ def masked_noise_blend_ref(
     sigma_value: float,
     noise: Optional[torch.Tensor],
     seed: Optional[int],
+    seeds: Optional[torch.Tensor],
     invert: bool,
 ) -> torch.Tensor:
     """x = m * (alpha * x0 + sigma * eps) + (1 - m) * other, in float32, cast to x0's dtype.
 
     alpha/sigma are (B,) tensors or, when None, the scalars `alpha_value`/`sigma_value`. eps is
     `noise`, else :func:`lotts_kernels.philox.normal` of `seed` over x0's elements in
-    row-major order, else zero (only allowed when sigma is zero).
+    row-major order, else :func:`lotts_kernels.philox.normal_rows` of the per-row `seeds`,
+    else zero (only allowed when sigma is zero).
     """
     m = expand_mask(mask, x0.shape).float()
     if invert:
         m = 1.0 - m
     inside = _per_batch(alpha, alpha_value, x0.dim()) * x0.float()
-    if noise is not None or seed is not None:
-        eps = noise.float() if noise is not None else philox.normal(seed, x0.shape, x0.device)
+    if noise is not None or seed is not None or seeds is not None:
+        if noise is not None:
+            eps = noise.float()
+        elif seeds is not None:
+            eps = philox.normal_rows(seeds, x0.shape, x0.device)
+        else:
+            eps = philox.normal(seed, x0.shape, x0.device)
         inside = inside + _per_batch(sigma, sigma_value, x0.dim()) * eps
     return (m * inside + (1.0 - m) * other.float()).to(x0.dtype)
 
@@ -224,7 +258,7 @@ def masked_noise_blend_ref(
 # ----- 4. Triton kernel -----------------------------------------------------------------------
 
 def _blend_kernel(
-    x0_ptr, other_ptr, out_ptr, mask_ptr, noise_ptr, alpha_ptr, sigma_ptr,
+    x0_ptr, other_ptr, out_ptr, mask_ptr, noise_ptr, alpha_ptr, sigma_ptr, seeds_ptr,
     alpha_value, sigma_value, seed_lo, seed_hi,
     numel, per_batch, D1, D2, D3, ms0, ms1, ms2, ms3, f2, f3,
     NDIM: tl.constexpr, UPSAMPLE: tl.constexpr, INVERT: tl.constexpr,
@@ -272,7 +306,7 @@ def _blend_kernel(
     x = tl.load(x0_ptr + offs, mask=inb, other=0.0).to(tl.float32)
     o = tl.load(other_ptr + offs, mask=inb, other=0.0).to(tl.float32)
 
-    if ALPHA_TENSOR or SIGMA_TENSOR:
+    if ALPHA_TENSOR or SIGMA_TENSOR or NOISE == 3:
         b = offs // per_batch
     if ALPHA_TENSOR:
         a = tl.load(alpha_ptr + b, mask=inb, other=0.0)
@@ -283,9 +317,15 @@ def _blend_kernel(
     if NOISE != 0:
         if NOISE == 1:
             eps = tl.load(noise_ptr + offs, mask=inb, other=0.0).to(tl.float32)
-        else:
+        elif NOISE == 2:
             # Philox4x32-10, counter (i lo, i hi, 0, 0), key (seed lo, seed hi)
             eps = philox_normal_triton(offs, seed_lo, seed_hi, INT64, PRECISE)
+        else:
+            # one seed per batch row, the counter restarting at each row: row b draws what a
+            # call on x0[b:b+1] with seed seeds[b] draws
+            row_seed = tl.load(seeds_ptr + b, mask=inb, other=0)
+            eps = philox_normal_triton(offs - b * per_batch, row_seed & 0xFFFFFFFF,
+                                       row_seed >> 32, INT64, PRECISE)
         if SIGMA_TENSOR:
             s = tl.load(sigma_ptr + b, mask=inb, other=0.0)
         else:
@@ -303,7 +343,7 @@ _BLEND = jit(_blend_kernel, do_not_specialize=["seed_lo", "seed_hi"])
 # ----- 5. Triton launcher ---------------------------------------------------------------------
 
 def masked_noise_blend_limits(x0, other, mask, alpha, alpha_value, sigma, sigma_value, noise,
-                              seed, invert) -> list[str]:
+                              seed, seeds, invert) -> list[str]:
     """Every reason the Triton and CUDA kernels cannot take these inputs (empty: they can)."""
     reason = blend_layout.limits_reason(x0, mask)
     return [] if reason is None else [reason]
@@ -319,19 +359,20 @@ def masked_noise_blend_triton(
     sigma_value: float,
     noise: Optional[torch.Tensor],
     seed: Optional[int],
+    seeds: Optional[torch.Tensor],
     invert: bool,
 ) -> torch.Tensor:
     """Same contract as :func:`masked_noise_blend_ref`."""
     if x0.numel() == 0:
         return torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
     launch, out = masked_noise_blend_launch(x0, other, mask, alpha, alpha_value, sigma,
-                                            sigma_value, noise, seed, invert)
+                                            sigma_value, noise, seed, seeds, invert)
     launch.run()
     return out
 
 
 def masked_noise_blend_launch(x0, other, mask, alpha, alpha_value, sigma, sigma_value, noise,
-                              seed, invert) -> tuple[Launch, torch.Tensor]:
+                              seed, seeds, invert) -> tuple[Launch, torch.Tensor]:
     """(launch, out) of :func:`masked_noise_blend_triton` for a non-empty x0 (also what the AOT
     compile checks build, on ``meta`` tensors)."""
     out = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
@@ -346,9 +387,11 @@ def masked_noise_blend_launch(x0, other, mask, alpha, alpha_value, sigma, sigma_
         noise = noise.contiguous()
     elif seed is not None:
         mode = NOISE_PHILOX
+    elif seeds is not None:
+        mode = NOISE_PHILOX_ROWS
     seed = int(seed or 0)
     # 64-bit indices when any offset (flat or into the mask) can pass int32.
-    block = PHILOX_BLOCK if mode == NOISE_PHILOX else BLOCK
+    block = PHILOX_BLOCK if mode in (NOISE_PHILOX, NOISE_PHILOX_ROWS) else BLOCK
     mask_span = sum((d - 1) * s for d, s in zip(lay.dims, lay.mask_strides)) + 1
     int64 = lay.numel + block >= 2**31 or mask_span >= 2**31
     _, D1, D2, D3 = lay.dims
@@ -358,6 +401,7 @@ def masked_noise_blend_launch(x0, other, mask, alpha, alpha_value, sigma, sigma_
             noise if noise is not None else x0c,
             alpha if alpha is not None else x0c,
             sigma if sigma is not None else x0c,
+            seeds if seeds is not None else x0c,
             float(alpha_value), float(sigma_value), seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF,
             lay.numel, lay.per_batch, D1, D2, D3, s0, s1, s2, s3, lay.factors[0],
             lay.factors[1])
@@ -373,7 +417,8 @@ def philox_normal_triton_eps(seed: int, numel: int, device) -> torch.Tensor:
     alpha=0, sigma=1 and other=0. Used by tests to compare against philox.normal."""
     x0 = torch.zeros(numel, dtype=torch.float32, device=device)
     mask = torch.ones((), dtype=torch.bool, device=device)
-    return masked_noise_blend_triton(x0, x0, mask, None, 0.0, None, 1.0, None, seed, False)
+    return masked_noise_blend_triton(x0, x0, mask, None, 0.0, None, 1.0, None, seed, None,
+                                     False)
 
 
 
@@ -381,7 +426,7 @@ def philox_normal_triton_eps(seed: int, numel: int, device) -> torch.Tensor:
 # ----- 6. CUDA launcher -----------------------------------------------------------------------
 
 def masked_noise_blend_cuda(x0, other, mask, alpha, alpha_value, sigma, sigma_value, noise,
-                            seed, invert) -> torch.Tensor:
+                            seed, seeds, invert) -> torch.Tensor:
     """Same contract as :func:`masked_noise_blend_ref`."""
     if x0.numel() == 0:
         return torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
@@ -402,8 +447,8 @@ def masked_noise_blend_cuda(x0, other, mask, alpha, alpha_value, sigma, sigma_va
     return cuda_build.extension().masked_noise_blend(
         x0c, otherc, kmask, list(lay.dims), list(lay.mask_strides), list(lay.factors),
         lay.ndim, lay.per_batch, alpha, float(alpha_value), sigma, float(sigma_value), noisec,
-        int(seed) if seed is not None else 0, seed is not None and noise is None, bool(invert),
-        cuda_build.stream(x0.device),
+        int(seed) if seed is not None else 0, seed is not None and noise is None, seeds,
+        bool(invert), cuda_build.stream(x0.device),
     )
 
 

@@ -28,8 +28,7 @@ from typing import Optional
 import torch
 
 from lotts_kernels import _checks, cuda_build, dispatch
-from lotts_kernels.aot import Launch
-from lotts_kernels.triton_utils import TRITON, jit, next_power_of_2, tl
+from lotts_kernels.triton_utils import TRITON, Launch, jit, next_power_of_2, tl
 
 # Rows up to this many positions stay in registers; longer ones are processed in chunks.
 SINGLE_BLOCK_MAX = 16384
@@ -132,6 +131,20 @@ def quality_mask_ref(
 
 # ----- 4. Triton kernel and launcher ----------------------------------------------------------
 
+@jit
+def _order_key(heat):
+    """Order-preserving uint32 key of float32 `heat`: negative floats (possible when lam < 0)
+    flip all bits, others the sign bit, so unsigned key order is float order."""
+    bits = heat.to(tl.uint32, bitcast=True)
+    return tl.where((bits >> 31) == 1, ~bits, bits | 0x80000000)
+
+
+@jit
+def _min_max_scale(x, low, span):
+    """(x - low) / span with IEEE division (as the reference's), 0 for a constant row."""
+    return tl.where(span > 0, tl.math.div_rn(x - low, tl.where(span > 0, span, 1.0)), 0.0)
+
+
 def _quality_mask_kernel(
     diff_ptr, orig_ptr, heat_ptr, mask_ptr, N, stride_d, stride_o, lam, k,
     SINGLE: tl.constexpr, BLOCK: tl.constexpr,
@@ -151,15 +164,9 @@ def _quality_mask_kernel(
         d_span = tl.max(tl.where(valid, d, float("-inf")), axis=0) - d_low
         o_low = tl.min(tl.where(valid, o, float("inf")), axis=0)
         o_span = tl.max(tl.where(valid, o, float("-inf")), axis=0) - o_low
-        mm_d = tl.where(d_span > 0, tl.math.div_rn(d - d_low, tl.where(d_span > 0, d_span, 1.0)),
-                        0.0)
-        mm_o = tl.where(o_span > 0, tl.math.div_rn(o - o_low, tl.where(o_span > 0, o_span, 1.0)),
-                        0.0)
-        heat = mm_d + lam * mm_o
+        heat = _min_max_scale(d, d_low, d_span) + lam * _min_max_scale(o, o_low, o_span)
         tl.store(h_row + cols, heat, mask=valid)
-        # order-preserving uint32 keys: negative floats flip all bits, others the sign bit
-        bits = heat.to(tl.uint32, bitcast=True)
-        key = tl.where((bits >> 31) == 1, ~bits, bits | 0x80000000)
+        key = _order_key(heat)
 
         prefix = tl.full([], 0, tl.uint32)
         bit = tl.full([], 0x80000000, tl.uint32)
@@ -199,11 +206,8 @@ def _quality_mask_kernel(
             valid = idx < N
             d = tl.load(d_row + idx, mask=valid, other=0.0).to(tl.float32)
             o = tl.load(o_row + idx, mask=valid, other=0.0).to(tl.float32)
-            mm_d = tl.where(d_span > 0,
-                            tl.math.div_rn(d - d_low, tl.where(d_span > 0, d_span, 1.0)), 0.0)
-            mm_o = tl.where(o_span > 0,
-                            tl.math.div_rn(o - o_low, tl.where(o_span > 0, o_span, 1.0)), 0.0)
-            tl.store(h_row + idx, mm_d + lam * mm_o, mask=valid)
+            heat = _min_max_scale(d, d_low, d_span) + lam * _min_max_scale(o, o_low, o_span)
+            tl.store(h_row + idx, heat, mask=valid)
         tl.debug_barrier()  # heat written by all threads of this program before re-reading
         # pass 3: binary search for the k-th largest key over the chunks
         prefix = tl.full([], 0, tl.uint32)
@@ -214,8 +218,7 @@ def _quality_mask_kernel(
             for start in range(0, N, BLOCK):
                 idx = start + cols
                 valid = idx < N
-                bits = tl.load(h_row + idx, mask=valid, other=0.0).to(tl.uint32, bitcast=True)
-                key = tl.where((bits >> 31) == 1, ~bits, bits | 0x80000000)
+                key = _order_key(tl.load(h_row + idx, mask=valid, other=0.0))
                 counts += (valid & (key >= candidate)).to(tl.int32)
             prefix = tl.where(tl.sum(counts, axis=0) >= k, candidate, prefix)
             bit = bit >> 1
@@ -224,16 +227,14 @@ def _quality_mask_kernel(
         for start in range(0, N, BLOCK):
             idx = start + cols
             valid = idx < N
-            bits = tl.load(h_row + idx, mask=valid, other=0.0).to(tl.uint32, bitcast=True)
-            key = tl.where((bits >> 31) == 1, ~bits, bits | 0x80000000)
+            key = _order_key(tl.load(h_row + idx, mask=valid, other=0.0))
             counts += (valid & (key > prefix)).to(tl.int32)
         need = k - tl.sum(counts, axis=0)
         taken = tl.full([], 0, tl.int32)  # ties selected in earlier chunks
         for start in range(0, N, BLOCK):
             idx = start + cols
             valid = idx < N
-            bits = tl.load(h_row + idx, mask=valid, other=0.0).to(tl.uint32, bitcast=True)
-            key = tl.where((bits >> 31) == 1, ~bits, bits | 0x80000000)
+            key = _order_key(tl.load(h_row + idx, mask=valid, other=0.0))
             equal = valid & (key == prefix)
             rank = tl.cumsum(equal.to(tl.int32), axis=0) + taken
             selected = (valid & (key > prefix)) | (equal & (rank <= need))
