@@ -47,9 +47,12 @@ def _config_text(config) -> str:
 _CASES: list = []
 
 
+_DTYPES: list = list(aot.DTYPE_NAMES)
+
+
 def _cases() -> list:
     if not _CASES:
-        _CASES.extend(aot.full_matrix())
+        _CASES.extend(c for c in aot.full_matrix() if c.dtype in _DTYPES)
     return _CASES
 
 
@@ -154,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the configs the pruning keeps")
     parser.add_argument("--no-cuda", action="store_true", help="skip the csrc/*.cu table")
     parser.add_argument("--workers", type=int, default=2, help="parallel compiles")
+    parser.add_argument("--dtypes", default=",".join(aot.DTYPE_NAMES),
+                        help=f"comma-separated subset of {', '.join(aot.DTYPE_NAMES)}")
     args = parser.parse_args(argv)
+    _DTYPES[:] = args.dtypes.split(",")
     failures: list[str] = []
     lines = [f"AOT resources ({versions()}).", "", HEADER,
              "|" + "---|" * (HEADER.count("|") - 1)]

@@ -190,6 +190,23 @@ def _record_path(kernel_hash: str, capability: int) -> Path:
 
 def compile_launch(launch: Launch, capability: int) -> Resources:
     """Compile `launch` for sm_`capability`; raises Triton's error if it does not compile."""
+    _import_compiler()
+    with compiled_mode():  # Triton's code generator also reads the interpreter switch
+        return _compile_launch(launch, capability)
+
+
+def _import_compiler() -> None:
+    """Import Triton's compiler and NVIDIA backend in the mode Triton itself was imported in
+    (gluon checks its helpers against that mode at import), before switching modes."""
+    import triton.backends.nvidia.compiler  # noqa: F401
+    import triton.compiler  # noqa: F401
+    import triton.experimental.gluon  # noqa: F401 - the binder imports it on first use
+    from triton.compiler import make_backend
+
+    make_backend(target(TARGET_CAPABILITIES[0]))
+
+
+def _compile_launch(launch: Launch, capability: int) -> Resources:
     from triton import knobs
 
     gpu = target(capability)
@@ -417,12 +434,15 @@ def blend_cases(backbone: Backbone, dtype, dtype_name: str, noise_tensor: bool =
     mask_shape = (BATCH, backbone.latent[0], 1) if backbone.joint else \
         (BATCH, 1, *backbone.latent[1:])
     mask = torch.empty(mask_shape, dtype=torch.bool, device="meta")
+    seeds = torch.empty(BATCH, dtype=torch.int64, device="meta")
     launch = masked_noise_blend.masked_noise_blend_launch
     with compiled_mode():
         cases = [Case("masked_noise_blend", f"{backbone.name} blend", dtype_name,
                       launch(x0, x0, mask, None, 1.0, None, 0.0, None, None, None, False)[0]),
                  Case("masked_noise_blend", f"{backbone.name} seeded noise", dtype_name,
-                      launch(x0, x0, mask, None, 0.8, None, 0.6, None, 1234, None, False)[0])]
+                      launch(x0, x0, mask, None, 0.8, None, 0.6, None, 1234, None, False)[0]),
+                 Case("masked_noise_blend", f"{backbone.name} per-row seeds", dtype_name,
+                      launch(x0, x0, mask, None, 0.8, None, 0.6, None, None, seeds, False)[0])]
         if noise_tensor:
             cases.append(Case("masked_noise_blend", f"{backbone.name} noise tensor", dtype_name,
                               launch(x0, x0, mask, None, 0.8, None, 0.6, x0, None, None, True)[0]))
@@ -471,3 +491,57 @@ def full_matrix() -> list[Case]:
                     cases += [c for c in blend_cases(backbone, dtype, dtype_name, True)
                               if c.name.endswith("noise tensor")]
     return cases
+
+
+# ----- command line: the representative compiles as JSON lines --------------------------------
+
+def check_representative(dtype_name: str, capability: int) -> list[dict[str, Any]]:
+    """Compile every kept config of the representative cases; one row per compile with the
+    measured resources, their problems and the pruning's shared-memory estimate."""
+    rows = []
+    for case in representative_cases(dtype_name):
+        for config, _, estimate in case.configs(capability):
+            launch = case.launch if config is None else case.launch.with_config(config)
+            resources = compile_launch(launch, capability)
+            rows.append({"case": f"{case.kernel} {case.name} {case.dtype}",
+                         "config": None if config is None else repr(config.all_kwargs()),
+                         "capability": capability, "problems": resources.problems(),
+                         "estimate": estimate, "total_shared": resources.total_shared,
+                         **as_row(resources)})
+    return rows
+
+
+def run_isolated(module_args: list[str], timeout: float = 3000) -> str:
+    """Run ``python -m lotts_kernels.aot ...`` in a fresh process without TRITON_INTERPRET:
+    Triton's code generator misbehaves in a process that imported Triton in interpreter mode
+    ('block_argument' object has no attribute 'data'), so the test suite compiles out of
+    process."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-m", "lotts_kernels.aot", *module_args], env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"AOT compile failed ({done.returncode}):\n{done.stderr[-6000:]}")
+    return done.stdout
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m lotts_kernels.aot",
+                                     description="AOT-compile the representative launches.")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, required=True)
+    parser.add_argument("--capability", type=int, choices=TARGET_CAPABILITIES, required=True)
+    args = parser.parse_args(argv)
+    for row in check_representative(args.dtype, args.capability):
+        sys.stdout.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

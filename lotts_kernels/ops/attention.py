@@ -417,16 +417,19 @@ def shared_memory_estimate(config, args: dict, capability: int) -> int:
     """Shared memory (bytes) the kernel allocates with `config` for these kernel arguments.
 
     The Q tile, the K/V pipeline - num_stages buffers on sm_90 (wgmma reads shared memory),
-    num_stages - 1 before - and on sm_8x with 32-bit (TF32) operands the P tile and the row
-    statistics, which Triton converts through shared memory. Equal to Triton's allocation for
-    token maps, at most 4% above it for propagate (AOT, sm_80 and sm_90).
+    num_stages - 1 before - on sm_8x with 32-bit (TF32) operands the P tile and the row
+    statistics, which Triton converts through shared memory, and for token maps one key tile of
+    the maps pass. Never below Triton's allocation in the AOT compiles (sm_80, sm_90), at most
+    one maps key tile (2-8 KB) or 4% above it.
     """
     block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
     qk_bytes, v_bytes = _tile_bytes(args)
     buffers = config.num_stages if capability >= 90 else config.num_stages - 1
     pipeline = buffers * block_n * (args["D_PAD"] * qk_bytes + args["DV_PAD"] * v_bytes)
     p_tile = block_m * (block_n + 2) * 4 if qk_bytes == 4 and capability < 90 else 0
-    return block_m * args["D_PAD"] * qk_bytes + pipeline + p_tile
+    # token maps: one BLOCK_T x D key tile, which some tilings (64x32 w4 on sm_80) add on top
+    maps_tile = args["BLOCK_T"] * args["D_PAD"] * qk_bytes if args["WITH_MAPS"] else 0
+    return block_m * args["D_PAD"] * qk_bytes + pipeline + p_tile + maps_tile
 
 
 def register_estimate(config, args: dict) -> int:
@@ -440,6 +443,23 @@ def register_estimate(config, args: dict) -> int:
     return words // (32 * config.num_warps)
 
 
+# Configs the register estimate keeps but the AOT compile found spilling (spill stores per
+# thread): (target, bytes per q element, D_PAD, DV_PAD, WITH_MAPS, BLOCK_M, BLOCK_N, warps,
+# stages). The estimate counts live tiles per thread; where Triton's MMA layouts replicate the K
+# and V operands across warps it undercounts, and these measured entries prune the rest.
+AOT_SPILLS = {
+    (80, 2, 128, 128, True, 64, 32, 4, 3),   # 48 B (FLUX token maps, fp16/bf16)
+    (90, 4, 64, 64, True, 128, 64, 4, 3),    # 60 B (SD2.1/SDXL token maps, TF32)
+}
+
+
+def _measured_spill(config, args: dict, capability: int) -> bool:
+    key = (90 if capability >= 90 else 80, _tile_bytes(args)[0], args["D_PAD"], args["DV_PAD"],
+           bool(args["WITH_MAPS"]), config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"],
+           config.num_warps, config.num_stages)
+    return key in AOT_SPILLS
+
+
 def config_problems(config, args: dict, capability: int, shared_limit: int) -> list[str]:
     """Why `config` must not run with these kernel arguments on a GPU of `capability`
     (e.g. 90) allowing `shared_limit` bytes of shared memory per block; empty: it may."""
@@ -450,6 +470,8 @@ def config_problems(config, args: dict, capability: int, shared_limit: int) -> l
     registers = register_estimate(config, args)
     if registers > budget:
         problems.append(f"~{registers} registers of live tiles per thread > {budget}: spills")
+    elif _measured_spill(config, args, capability):
+        problems.append("spills registers in the AOT compile (AOT_SPILLS)")
     shared = shared_memory_estimate(config, args, capability)
     if shared > shared_limit:
         problems.append(f"needs ~{shared} B of shared memory > {shared_limit} B per block")
