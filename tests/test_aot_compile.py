@@ -149,7 +149,7 @@ def _token_maps_args(make, head_dim: int, dtype=torch.float32):
 @pytest.mark.parametrize("head_dim", [129, 200, 256])
 def test_fp32_wide_heads_are_refused_for_shared_memory_on_sm90(fake_h100, monkeypatch,
                                                                head_dim):
-    # Before the fix the pruning kept 64x64 w4 s3 and 128x32 w4 s3 here (272 and 336 KB).
+    # Before the fix the pruning kept 64x64 w4 s3 and 128x32 w4 s3 here (~464 and ~336 KB).
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
     args = _token_maps_args(fake_h100, head_dim)
     reasons = attention.attention_with_token_maps_limits(*args)
