@@ -1,4 +1,9 @@
-"""Packaging for lotts (the sampler) and lotts_kernels (its fused kernels).
+"""Packaging for lotts (the sampler), which bundles lotts_kernels (its fused kernels).
+
+lotts depends on lotts_kernels by shipping it in the same wheel, so ``pip install -e .`` needs
+nothing that is not on PyPI. lotts_kernels is also a distribution of its own, with its own
+version (lotts_kernels/_version.py), for other frontends: ``pip install ./kernels`` builds it
+from the same sources (kernels/setup.py). Install one of the two, not both.
 
 Pure Python: nothing is imported from torch and nothing is compiled here. The CUDA sources in
 ``csrc/`` ship as package data and are compiled lazily on first use on a machine with a GPU.
@@ -14,7 +19,7 @@ HERE = Path(__file__).parent
 
 
 def read_version() -> str:
-    text = (HERE / "lotts_kernels" / "_version.py").read_text()
+    text = (HERE / "lotts" / "_version.py").read_text()
     return re.search(r'__version__ = "([^"]+)"', text).group(1)
 
 

@@ -172,10 +172,10 @@ def case_data(op: str, name: str, variant: str, dtype: torch.dtype) -> CaseData:
     x0, other = randn(b, *p.latent), randn(b, *p.latent)
     mask = torch.rand(b, *p.mask, generator=gen, device=DEVICE) > 0.5
     alpha, sigma, seed = (0.7, 0.71, 1234) if seeded else (1.0, 0.0, None)
-    args = (x0, other, mask, None, alpha, None, sigma, None, seed, False)
     moved = 3 * x0.numel() * x0.element_size() + mask.numel()  # x0, other, out; bool mask
     buffer = torch.randint(0, 256, (moved // 2,), dtype=torch.uint8, generator=gen, device=DEVICE)
     kwargs = {"x0": x0, "other": other, "mask": mask, "alpha": alpha, "sigma": sigma, "seed": seed}
+    args = dispatch.get_op(OP4).prepare(**kwargs)[0]  # the custom op's arguments
     return CaseData(kwargs, args, {"out": masked_noise_blend_ref(*args), "copy": buffer},
                     f"B{b} {p.latent} mask {p.mask}" + (" seed noise" if seeded else " sigma=0"),
                     bytes=moved, extra={"buffer": buffer})

@@ -1,5 +1,5 @@
 """LoTTS: localized test-time scaling for diffusers text-to-image pipelines."""
-from lotts_kernels._version import __version__
+from lotts._version import __version__
 
 from lotts.best_of_n import best_of_n
 from lotts.config import LoTTSConfig

@@ -183,6 +183,8 @@ def _toolchain_reason() -> Optional[str]:
 
 def _import_library(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the extension library {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import torch
 
 import lotts_kernels
-from lotts_kernels import dispatch
+from lotts_kernels import dispatch, triton_utils
 from lotts_kernels.ops.attention import default_scale
 from lotts_kernels.ops.masked_noise_blend import masked_noise_blend_ref
 from lotts_kernels.ops.quality_mask import quality_mask_ref
@@ -95,36 +95,38 @@ def materialized_propagate(
 
 # ----- the demo -------------------------------------------------------------------------------
 
-def _cases(device: str) -> list[tuple[str, str, dict[str, Any], tuple, Callable[[], Any]]]:
-    """(op, shape, public kwargs, dispatch args, baseline) at small realistic shapes."""
+def _cases(device: str, tiny: bool = False
+           ) -> list[tuple[str, str, dict[str, Any], Callable[[], Any]]]:
+    """(op, shape, public kwargs, baseline) at small realistic shapes, or `tiny` ones (for the
+    Triton interpreter, which runs a kernel as Python, thousands of times slower)."""
     gen = torch.Generator(device=device).manual_seed(0)
 
     def randn(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.randn(*shape, generator=gen, device=device).to(dtype)
 
-    b, h, d, img, txt = 3, 5, 64, 576, 77  # three prompts, SD2.1 heads, 24x24 latents, CLIP
+    # three prompts, SD2.1 heads, 24x24 latents, CLIP keys; tiny: a 6x6 grid, two heads
+    b, h, d, img, txt = (3, 2, 32, 36, 77) if tiny else (3, 5, 64, 576, 77)
+    n, side = (256, 16) if tiny else (4096, 64)
     q, k_img = randn(b, h, img, d), randn(b, h, img, d)
     k_txt, v_txt = randn(b, h, txt, d), randn(b, h, txt, d)
     token_index = torch.arange(5, 13, device=device).repeat(b, 1)
     maps = torch.rand(b, img, 2, generator=gen, device=device)
-    diff, orig = randn(9, 4096), randn(9, 4096)
-    x0, other = randn(6, 4, 64, 64, dtype=torch.float16), randn(6, 4, 64, 64, dtype=torch.float16)
-    mask = torch.rand(6, 1, 64, 64, generator=gen, device=device) > 0.5
-    scale = default_scale(d)
-    blend_args = (x0, other, mask, None, 0.7, None, 0.71, None, 1234, False)
+    diff, orig = randn(9, n), randn(9, n)
+    x0 = randn(6, 4, side, side, dtype=torch.float16)
+    other = randn(6, 4, side, side, dtype=torch.float16)
+    mask = torch.rand(6, 1, side, side, generator=gen, device=device) > 0.5
+    seeds = torch.arange(1234, 1240)  # batched seeds: one Philox stream per row
+    blend = {"x0": x0, "other": other, "mask": mask, "alpha": 0.7, "sigma": 0.71, "seed": seeds}
+    blend_args = dispatch.get_op("masked_noise_blend").prepare(**blend)[0]
     return [
         ("attention_with_token_maps", f"B{b} H{h} Lq{img} Lk{txt} D{d}",
          {"q": q, "k": k_txt, "v": v_txt, "token_index": token_index},
-         (q, k_txt, v_txt, token_index, scale),
          lambda: materialized_attention_maps(q, k_txt, v_txt, token_index)),
         ("attention_propagate", f"B{b} H{h} Lq{img} Lk{img} D{d} C2",
-         {"q": q, "k": k_img, "maps": maps}, (q, k_img, maps, scale),
-         lambda: materialized_propagate(q, k_img, maps)),
-        ("quality_mask", "B9 N4096", {"diff": diff, "orig": orig}, (diff, orig, 1.0, 0.5),
+         {"q": q, "k": k_img, "maps": maps}, lambda: materialized_propagate(q, k_img, maps)),
+        ("quality_mask", f"B9 N{n}", {"diff": diff, "orig": orig},
          lambda: quality_mask_ref(diff, orig, 1.0, 0.5)),
-        ("masked_noise_blend", "(6,4,64,64) fp16 seed",
-         {"x0": x0, "other": other, "mask": mask, "alpha": 0.7, "sigma": 0.71, "seed": 1234},
-         blend_args,
+        ("masked_noise_blend", f"(6,4,{side},{side}) fp16 seeds", blend,
          lambda: masked_noise_blend_ref(*blend_args)),
     ]
 
@@ -134,20 +136,46 @@ def _max_error(actual: Any, expected: Any) -> float:
     return max((a.double() - e.double()).abs().max().item() for a, e in pairs)
 
 
-def run(device: Optional[str] = None, budget_s: float = 0.3) -> list[dict[str, Any]]:
-    """Check and time every op; returns one row per op."""
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def run(device: Optional[str] = None, budget_s: float = 0.3, impl: Optional[str] = None,
+        tiny: bool = False, progress: Callable[[str], None] = lambda message: None
+        ) -> list[dict[str, Any]]:
+    """Check and time every op (forcing `impl` if given); returns one row per op.
+
+    A row whose implementation is "ref" compared the reference with itself: no kernel ran.
+    `progress` receives a line before and after each op (the interpreter is slow).
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cases = _cases(device, tiny)
     rows = []
-    for op, shape, kwargs, args, baseline in _cases(device):
-        call = functools.partial(getattr(lotts_kernels, op), **kwargs)
-        implementation = dispatch.select(op, args).name
-        with dispatch.use_impl("ref"):
-            expected = call()
+    for number, (op, shape, kwargs, baseline) in enumerate(cases, 1):
+        call = functools.partial(getattr(lotts_kernels, op), **kwargs, impl=impl)
+        implementation = dispatch.select(op, dispatch.get_op(op).prepare(**kwargs)[0], impl).name
+        progress(f"[{number}/{len(cases)}] {op} {shape}: {implementation} ...")
+        started = time.perf_counter()
+        expected = getattr(lotts_kernels, op)(**kwargs, impl="ref")
         error = _max_error(call(), expected)
         op_ms, base_ms = median_ms(call, budget_s), median_ms(baseline, budget_s)
         rows.append({"op": op, "shape": shape, "impl": implementation, "error": error,
                      "op_ms": op_ms, "base_ms": base_ms, "speedup": base_ms / op_ms})
+        progress(f"[{number}/{len(cases)}] {op}: done in {time.perf_counter() - started:.1f} s")
     return rows
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    """One plain sentence on what the table compared."""
+    kernels = [r["op"] for r in rows if r["impl"] != "ref"]
+    if not kernels:
+        return ("No kernel ran: every op used the PyTorch reference, so each was compared with "
+                "itself (max|err| 0 says nothing). Run on a GPU, or force the Triton kernels "
+                "under the interpreter: TRITON_INTERPRET=1 python -m lotts_kernels.demo "
+                "--impl triton (slow; tiny shapes).")
+    skipped = [r["op"] for r in rows if r["impl"] == "ref"]
+    note = f"; {', '.join(skipped)} ran the reference (compared with itself)" if skipped else ""
+    return f"Kernels ran for {', '.join(kernels)}{note}."
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -161,21 +189,32 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(fmt.format(*line).rstrip() for line in rendered)
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--impl", default=None, choices=dispatch.IMPLEMENTATIONS + ("auto",),
+                        help="force one implementation (default: automatic choice)")
     parser.add_argument("--budget", type=float, default=0.3, help="seconds of timing per call")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny shapes (the default under TRITON_INTERPRET=1)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: steady timings on a shared machine; "
                              "0 keeps torch's default)")
-    options = parser.parse_args()
+    options = parser.parse_args(argv)
     device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if options.threads > 0 and device == "cpu":
         torch.set_num_threads(options.threads)
-    print(f"lotts_kernels demo on {device} ({torch.get_num_threads()} CPU threads), torch "
-          f"{torch.__version__}; naive = materialized attention (ops 1, 2) or the eager "
-          "reference (ops 3, 4)")
-    print(format_table(run(device, options.budget)))
+    interpreted = device == "cpu" and triton_utils.interpreting() and options.impl == "triton"
+    tiny = options.tiny or interpreted
+    print(f"lotts_kernels {lotts_kernels.__version__} demo on {device} "
+          f"({torch.get_num_threads()} CPU threads), torch {torch.__version__}; naive = "
+          "materialized attention (ops 1, 2) or the eager reference (ops 3, 4)", flush=True)
+    if interpreted:
+        print("Triton kernels under the interpreter (TRITON_INTERPRET=1): Python-speed, tiny "
+              "shapes; the timings measure the interpreter, not the kernels.", flush=True)
+    rows = run(device, 0.0 if interpreted else options.budget, options.impl, tiny, _say)
+    print(format_table(rows))
+    print(verdict(rows))
 
 
 if __name__ == "__main__":

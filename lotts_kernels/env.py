@@ -31,7 +31,9 @@ def availability(device: Optional[torch.device] = None) -> dict[str, dict[str, O
             if name not in implementations:
                 table[op][name] = "not implemented for this op"
                 continue
-            reasons = implementations[name].static_reasons(device, (torch.float32,), True)
+            # explicit only when requested: an explicit "cuda" would build the extension
+            explicit = dispatch.requested() == name
+            reasons = implementations[name].static_reasons(device, (torch.float32,), explicit)
             table[op][name] = "; ".join(reasons) if reasons else None
     return table
 

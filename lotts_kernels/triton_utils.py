@@ -36,7 +36,8 @@ try:
 except ImportError as error:  # pragma: no cover - exercised where triton is not installed
     triton = None
     tl = None
-    _IMPORT_ERROR: Optional[str] = f"triton is not installed ({error})"
+    _IMPORT_ERROR: Optional[str] = (f"triton cannot be imported ({type(error).__name__}: "
+                                    f"{error})")
 else:
     _IMPORT_ERROR = None
 

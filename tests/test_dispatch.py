@@ -232,3 +232,20 @@ def test_per_call_impl_survives_torch_compile(monkeypatch):
                              fullgraph=True)
     with pytest.raises(kernels.KernelUnavailableError, match="cuda"):
         compiled(diff, orig)
+
+
+def test_env_report_never_builds_the_cuda_extension(monkeypatch):
+    """python -m lotts_kernels.env asks every backend about a CUDA device; asking the CUDA one
+    as if it were requested would compile the extension on a GPU machine."""
+    from lotts_kernels import cuda_build, env
+
+    monkeypatch.delenv(_dispatch.ENV_VAR, raising=False)
+    builds = []
+    monkeypatch.setattr(cuda_build, "unavailable_reason",
+                        lambda build=False: builds.append(build) or "not built (test)")
+    _dispatch.clear_cache()
+    table = env.availability(torch.device("cuda"))
+    assert builds and not any(builds)
+    assert table["quality_mask"]["cuda"] == "not built (test)"
+    assert table["attention_propagate"]["cuda"] == "not implemented for this op"
+    assert "report" in dir(env) and "quality_mask" in env.report()

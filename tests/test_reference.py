@@ -274,3 +274,24 @@ def test_blend_batched_seeds_are_checked():
     with pytest.raises(ValueError, match="noise or seed"):
         kernels.masked_noise_blend(x0, x0, torch.ones(2, 5) > 0, 1.0, 0.5, noise=x0,
                                    seed=torch.tensor([1, 2]))
+
+
+def test_philox_constants_agree_with_the_cuda_sources():
+    """philox.py defines the constants once for Python and Triton; csrc/lotts_common.cuh has
+    to repeat them in C++, so check every one (and the round count) against it."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "csrc" / "lotts_common.cuh").read_text()
+
+    def constant(name):
+        return re.search(rf"{name}\s*=\s*([0-9.eE+-x]+?[0-9A-Fa-f])[uf]?;", text).group(1)
+
+    assert int(constant("kPhiloxM0"), 16) == philox.MULTIPLIER_0
+    assert int(constant("kPhiloxM1"), 16) == philox.MULTIPLIER_1
+    assert int(constant("kPhiloxW0"), 16) == philox.WEYL_0
+    assert int(constant("kPhiloxW1"), 16) == philox.WEYL_1
+    assert float(constant("kUniformScale")) == philox.UNIFORM_SCALE
+    two_pi = torch.tensor(philox.TWO_PI, dtype=torch.float32).item()  # as the reference rounds
+    assert float(constant("kTwoPi")) == two_pi
+    assert f"round < {philox.ROUNDS};" in text

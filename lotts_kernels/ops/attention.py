@@ -98,7 +98,8 @@ def _token_index_rows(token_index, batch: int, num_keys: int,
 
 
 def _prepare_token_maps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        token_index: torch.Tensor, scale: Optional[float] = None, *,
+                        token_index: Union[torch.Tensor, Sequence[int], Sequence[Sequence[int]]],
+                        scale: Optional[float] = None, *,
                         impl: Optional[str] = None) -> tuple[tuple, Optional[str]]:
     """Check the public arguments; return the custom op's arguments and the requested impl."""
     _check_qk(q, k)
@@ -577,10 +578,11 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, v_strides: tuple[
             maps: Optional[torch.Tensor] = None) -> Launch:
     """The kernel launch; q, k, v rows dense; v_strides = (batch, head, key) strides of v."""
     batch, heads, num_queries, _ = q.shape
-    with_maps = token_index is not None
-    num_tokens = token_index.shape[1] if with_maps else 0
-    index = token_index if with_maps else out   # unused placeholders when not WITH_MAPS
-    maps_buffer = maps if with_maps else out
+    with_maps = token_index is not None and maps is not None
+    if token_index is not None and maps is not None:
+        index, maps_buffer, num_tokens = token_index, maps, token_index.shape[1]
+    else:  # unused placeholders when not WITH_MAPS
+        index, maps_buffer, num_tokens = out, out, 0
 
     def grid(meta: dict) -> tuple[int, int]:
         return cdiv(num_queries, meta["BLOCK_M"]), batch * heads

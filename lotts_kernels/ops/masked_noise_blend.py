@@ -244,13 +244,14 @@ def masked_noise_blend_ref(
     if invert:
         m = 1.0 - m
     inside = _per_batch(alpha, alpha_value, x0.dim()) * x0.float()
-    if noise is not None or seed is not None or seeds is not None:
-        if noise is not None:
-            eps = noise.float()
-        elif seeds is not None:
-            eps = philox.normal_rows(seeds, x0.shape, x0.device)
-        else:
-            eps = philox.normal(seed, x0.shape, x0.device)
+    eps = None
+    if noise is not None:
+        eps = noise.float()
+    elif seeds is not None:
+        eps = philox.normal_rows(seeds, x0.shape, x0.device)
+    elif seed is not None:
+        eps = philox.normal(seed, x0.shape, x0.device)
+    if eps is not None:
         inside = inside + _per_batch(sigma, sigma_value, x0.dim()) * eps
     return (m * inside + (1.0 - m) * other.float()).to(x0.dtype)
 
