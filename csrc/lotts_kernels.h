@@ -24,12 +24,18 @@ enum lotts_dtype { LOTTS_F32 = 0, LOTTS_F16 = 1, LOTTS_BF16 = 2, LOTTS_U8 = 3 };
 /* eps source of masked_noise_blend */
 enum lotts_noise { LOTTS_NOISE_NONE = 0, LOTTS_NOISE_TENSOR = 1, LOTTS_NOISE_PHILOX = 2 };
 
+/* Longest quality_mask row: the kernel's int loop counters step by the block size (at most
+ * 1024 threads), so i + blockDim.x must stay <= INT32_MAX for every i < n: n <= 2^31 - 1024.
+ * lotts_kernels.ops.quality_mask.MAX_CUDA_N is the same number (a test reads this line). */
+#define LOTTS_QUALITY_MASK_MAX_N 2147482624
+
 /* Errors of our own, beyond cudaError_t's range. */
 enum { LOTTS_ERR_BAD_ARGUMENT = 100000, LOTTS_ERR_ROW_TOO_LONG = 100001 };
 
 /* quality_mask: diff and orig are (batch, n) of `dtype` (both the same) with row strides
  * stride_d / stride_o (elements, unit column stride); heat is float32 (batch, n) contiguous,
- * mask uint8 (0/1) (batch, n) contiguous; k positions per row are selected. n < 2^31. */
+ * mask uint8 (0/1) (batch, n) contiguous; k positions per row are selected.
+ * 1 <= n <= LOTTS_QUALITY_MASK_MAX_N. */
 int lotts_quality_mask(const void* diff, const void* orig, int dtype, int64_t batch, int64_t n,
                        int64_t stride_d, int64_t stride_o, float lam, int64_t k, float* heat,
                        uint8_t* mask, lotts_stream_t stream);

@@ -40,12 +40,16 @@ struct BlendParams {
   int64_t factors[2];
   int64_t per_batch;
   FastDiv div_d1, div_d2, div_d3, div_f2, div_f3, div_batch;
+  FastDiv64 div64_d1, div64_d2, div64_d3, div64_f2, div64_f3, div64_batch;  // when !small
 };
 
-// Mask element offset of flat index i (see masked_noise_blend_layout.py).
+// Mask element offset of flat index i (see masked_noise_blend_layout.py). SMALL (numel < 2^31,
+// p.small) is a template parameter, so the kernels for tensors below 2^31 elements carry no
+// 64-bit index math at all.
+template <bool SMALL>
 __device__ __forceinline__ int64_t mask_offset(const BlendParams& p, int64_t i) {
   int64_t i0 = 0, i1 = 0, i2 = 0, i3;
-  if (p.small) {
+  if (SMALL) {
     const uint32_t n = static_cast<uint32_t>(i);
     uint32_t rest = 0, c3 = n, c2 = 0, c1 = 0, c0 = 0;
     if (p.ndim > 1) {
@@ -69,52 +73,58 @@ __device__ __forceinline__ int64_t mask_offset(const BlendParams& p, int64_t i) 
       c2 = p.div_f2.div(c2);
     }
     i0 = c0; i1 = c1; i2 = c2; i3 = c3;
-  } else {
-    i3 = i;
+  } else {  // 64-bit: FastDiv64 (a 64-bit `/` would be a subroutine call)
+    const uint64_t n = static_cast<uint64_t>(i);
+    uint64_t rest = 0, c3 = n, c2 = 0, c1 = 0, c0 = 0;
     if (p.ndim > 1) {
-      int64_t rest = i / p.dims[3];
-      i3 = i - rest * p.dims[3];
+      rest = p.div64_d3.div(n);
+      c3 = n - rest * p.div64_d3.divisor;
       if (p.ndim == 2) {
-        i2 = rest;
+        c2 = rest;
       } else {
-        i2 = rest % p.dims[2];
-        rest = rest / p.dims[2];
+        const uint64_t r2 = p.div64_d2.div(rest);
+        c2 = rest - r2 * p.div64_d2.divisor;
         if (p.ndim == 3) {
-          i1 = rest;
+          c1 = r2;
         } else {
-          i1 = rest % p.dims[1];
-          i0 = rest / p.dims[1];
+          c0 = p.div64_d1.div(r2);
+          c1 = r2 - c0 * p.div64_d1.divisor;
         }
       }
     }
     if (p.upsample) {
-      i3 /= p.factors[1];
-      i2 /= p.factors[0];
+      c3 = p.div64_f3.div(c3);
+      c2 = p.div64_f2.div(c2);
     }
+    i0 = static_cast<int64_t>(c0); i1 = static_cast<int64_t>(c1);
+    i2 = static_cast<int64_t>(c2); i3 = static_cast<int64_t>(c3);
   }
   return i0 * p.strides[0] + i1 * p.strides[1] + i2 * p.strides[2] + i3 * p.strides[3];
 }
 
+template <bool SMALL>
 __device__ __forceinline__ int64_t batch_of(const BlendParams& p, int64_t i) {
-  return p.small ? static_cast<int64_t>(p.div_batch.div(static_cast<uint32_t>(i)))
-                 : i / p.per_batch;
+  return SMALL ? static_cast<int64_t>(p.div_batch.div(static_cast<uint32_t>(i)))
+               : static_cast<int64_t>(p.div64_batch.div(static_cast<uint64_t>(i)));
 }
 
 // The mask value at flat index i as a float (bool masks are stored as 0/1 bytes).
+template <bool SMALL>
 __device__ __forceinline__ float mask_value(const BlendParams& p, int64_t i) {
-  const int64_t offset = mask_offset(p, i);
+  const int64_t offset = mask_offset<SMALL>(p, i);
   return p.mask_is_float ? static_cast<const float*>(p.mask)[offset]
                          : to_float(static_cast<const uint8_t*>(p.mask)[offset]);
 }
 
 // One element, in the reference's float32 operations and order (every op rounded: *_rn).
-template <int NOISE>
+template <int NOISE, bool SMALL>
 __device__ __forceinline__ float blend_one(const BlendParams& p, int64_t i, float x, float o,
                                            float noise) {
-  float m = mask_value(p, i);
+  float m = mask_value<SMALL>(p, i);
   if (p.invert) m = __fsub_rn(1.0f, m);
   int64_t b = 0;
-  if (p.alpha != nullptr || p.sigma != nullptr || p.seeds != nullptr) b = batch_of(p, i);
+  if (p.alpha != nullptr || p.sigma != nullptr || p.seeds != nullptr)
+    b = batch_of<SMALL>(p, i);
   const float a = p.alpha != nullptr ? p.alpha[b] : p.alpha_value;
   float inside = __fmul_rn(a, x);
   if (NOISE != LOTTS_NOISE_NONE) {
@@ -138,7 +148,7 @@ __device__ __forceinline__ float input_value(const BlendParams& p, const void* p
                        : to_float(static_cast<const T*>(ptr)[i]);
 }
 
-template <typename T, int NOISE>
+template <typename T, int NOISE, bool SMALL>
 __global__ void __launch_bounds__(256) blend_kernel(const BlendParams p) {
   constexpr int VEC = 16 / sizeof(T);
   const T* __restrict__ x0 = static_cast<const T*>(p.x0);
@@ -156,12 +166,19 @@ __global__ void __launch_bounds__(256) blend_kernel(const BlendParams p) {
       const Vec<T, VEC> ov = load_vec<T, VEC>(other + base);
       Vec<T, VEC> nv;
       if (NOISE == LOTTS_NOISE_TENSOR) nv = load_vec<T, VEC>(noise + base);
+      // Widen before the element loop: packed 16-bit pairs kept live across the Philox cosf
+      // (whose slow path is a subroutine call) made ptxas spill one on sm_90.
+      float xf[VEC], of[VEC];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        xf[j] = to_float(xv.v[j]);
+        of[j] = to_float(ov.v[j]);
+      }
       Vec<T, VEC> result;
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         const float n = NOISE == LOTTS_NOISE_TENSOR ? to_float(nv.v[j]) : 0.0f;
-        result.v[j] = from_float<T>(
-            blend_one<NOISE>(p, base + j, to_float(xv.v[j]), to_float(ov.v[j]), n));
+        result.v[j] = from_float<T>(blend_one<NOISE, SMALL>(p, base + j, xf[j], of[j], n));
       }
       store_vec<T, VEC>(out + base, result);
     }
@@ -171,7 +188,7 @@ __global__ void __launch_bounds__(256) blend_kernel(const BlendParams p) {
   for (int64_t i = scalar_start + tid; i < p.numel; i += stride) {
     const float n = NOISE == LOTTS_NOISE_TENSOR ? input_value<T>(p, p.noise, i) : 0.0f;
     out[i] = from_float<T>(
-        blend_one<NOISE>(p, i, to_float(x0[i]), input_value<T>(p, p.other, i), n));
+        blend_one<NOISE, SMALL>(p, i, to_float(x0[i]), input_value<T>(p, p.other, i), n));
   }
 }
 
@@ -201,19 +218,26 @@ int grid_size(int64_t work_items, int threads, int blocks_per_sm) {
   return static_cast<int>(wanted < 1 ? 1 : (wanted < cap ? wanted : cap));
 }
 
-template <typename T, int NOISE>
-int launch_blend(const BlendParams& p, cudaStream_t stream) {
+template <typename T, int NOISE, bool SMALL>
+int launch_blend_kernel(const BlendParams& p, cudaStream_t stream) {
   constexpr int kThreads = 256;
   constexpr int VEC = 16 / sizeof(T);
   static int blocks_per_sm = 0;  // per instantiation; same on every device we target
   if (blocks_per_sm == 0) {
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, blend_kernel<T, NOISE>,
-                                                      kThreads, 0) != cudaSuccess)
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &blocks_per_sm, blend_kernel<T, NOISE, SMALL>, kThreads, 0) != cudaSuccess)
       blocks_per_sm = 2048 / kThreads;
   }
   const int64_t items = p.aligned ? (p.numel + VEC - 1) / VEC : p.numel;
-  blend_kernel<T, NOISE><<<grid_size(items, kThreads, blocks_per_sm), kThreads, 0, stream>>>(p);
+  blend_kernel<T, NOISE, SMALL>
+      <<<grid_size(items, kThreads, blocks_per_sm), kThreads, 0, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <typename T, int NOISE>
+int launch_blend(const BlendParams& p, cudaStream_t stream) {
+  return p.small ? launch_blend_kernel<T, NOISE, true>(p, stream)
+                 : launch_blend_kernel<T, NOISE, false>(p, stream);
 }
 
 template <typename T>
@@ -268,6 +292,13 @@ extern "C" int lotts_masked_noise_blend(const lotts_blend_args* args, lotts_stre
     p.div_f2 = FastDiv(static_cast<uint32_t>(p.factors[0]));
     p.div_f3 = FastDiv(static_cast<uint32_t>(p.factors[1]));
     p.div_batch = FastDiv(static_cast<uint32_t>(p.per_batch));
+  } else {
+    p.div64_d1 = FastDiv64(static_cast<uint64_t>(p.dims[1]));
+    p.div64_d2 = FastDiv64(static_cast<uint64_t>(p.dims[2]));
+    p.div64_d3 = FastDiv64(static_cast<uint64_t>(p.dims[3]));
+    p.div64_f2 = FastDiv64(static_cast<uint64_t>(p.factors[0]));
+    p.div64_f3 = FastDiv64(static_cast<uint64_t>(p.factors[1]));
+    p.div64_batch = FastDiv64(static_cast<uint64_t>(p.per_batch));
   }
   if (args->in_dtype != args->x_dtype && args->in_dtype != LOTTS_F32)
     return LOTTS_ERR_BAD_ARGUMENT;
@@ -310,7 +341,8 @@ extern "C" int lotts_philox_normal(float* out, int64_t numel, uint64_t seed,
 extern "C" const char* lotts_error_string(int code) {
   switch (code) {
     case LOTTS_ERR_BAD_ARGUMENT: return "lotts_kernels: invalid launcher argument";
-    case LOTTS_ERR_ROW_TOO_LONG: return "lotts_kernels: quality_mask rows must be < 2^31";
+    case LOTTS_ERR_ROW_TOO_LONG:
+      return "lotts_kernels: quality_mask rows must have at most 2^31 - 1024 positions";
     default: return cudaGetErrorString(static_cast<cudaError_t>(code));
   }
 }

@@ -15,7 +15,8 @@
 namespace lotts {
 namespace {
 
-constexpr int kMaxWarps = 32;
+constexpr int kMaxThreads = 1024;  // blockDim.x; LOTTS_QUALITY_MASK_MAX_N depends on it
+constexpr int kMaxWarps = kMaxThreads / 32;
 
 __device__ __forceinline__ uint32_t order_key(float h) {
   const uint32_t bits = __float_as_uint(h);
@@ -27,7 +28,7 @@ __device__ __forceinline__ float min_max_normalize(float x, float low, float spa
 }
 
 template <typename T, bool KEYS_IN_SMEM>
-__global__ void __launch_bounds__(1024)
+__global__ void __launch_bounds__(kMaxThreads)
 quality_mask_kernel(const T* __restrict__ diff, const T* __restrict__ orig, int n,
                     int64_t stride_d, int64_t stride_o, float lam, int k,
                     float* __restrict__ heat, uint8_t* __restrict__ mask) {
@@ -183,7 +184,7 @@ template <typename T>
 int launch(const void* diff, const void* orig, int64_t batch, int64_t n, int64_t stride_d,
            int64_t stride_o, float lam, int64_t k, float* heat, uint8_t* mask,
            cudaStream_t stream) {
-  const int threads = n > 2048 ? 1024 : 256;
+  const int threads = n > 2048 ? kMaxThreads : 256;
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
@@ -219,7 +220,7 @@ extern "C" int lotts_quality_mask(const void* diff, const void* orig, int dtype,
                                   int64_t n, int64_t stride_d, int64_t stride_o, float lam,
                                   int64_t k, float* heat, uint8_t* mask, lotts_stream_t stream) {
   if (batch < 0 || n < 1 || k < 0 || k > n || batch > 0x7fffffff) return LOTTS_ERR_BAD_ARGUMENT;
-  if (n >= 0x7fffffff) return LOTTS_ERR_ROW_TOO_LONG;
+  if (n > LOTTS_QUALITY_MASK_MAX_N) return LOTTS_ERR_ROW_TOO_LONG;
   if (batch == 0) return 0;
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {

@@ -43,7 +43,6 @@ STALE_LOCK_SECONDS = 600
 # The C++ standard is left to torch.utils.cpp_extension (C++17 or C++20 by torch version).
 EXTRA_CFLAGS = ["-O3"]
 EXTRA_CUDA_CFLAGS = ["-O3", "-lineinfo"]
-MAX_QUALITY_MASK_N = 2**31 - 2
 
 _lock = threading.Lock()
 _module: Any = None
@@ -130,14 +129,46 @@ def _device_reason() -> Optional[str]:
     return None
 
 
-def _toolchain_reason() -> Optional[str]:
+def _nvcc_path() -> Optional[str]:
+    """The nvcc torch.utils.cpp_extension builds with ($CUDA_HOME/bin/nvcc), if it exists."""
     from torch.utils import cpp_extension
 
     cuda_home = cpp_extension.CUDA_HOME
-    nvcc = None
-    if cuda_home is not None:
-        candidate = Path(cuda_home) / "bin" / "nvcc"
-        nvcc = str(candidate) if candidate.exists() else None
+    if cuda_home is None:
+        return None
+    candidate = Path(cuda_home) / "bin" / "nvcc"
+    return str(candidate) if candidate.exists() else None
+
+
+@functools.lru_cache(maxsize=None)
+def supported_architectures(nvcc: str) -> tuple[str, ...]:
+    """The virtual architectures (compute_XY) this nvcc can build, from ``--list-gpu-arch``;
+    empty if it cannot say (nvcc before CUDA 11)."""
+    import subprocess
+
+    try:
+        listed = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True,
+                                timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return tuple(word for word in listed.stdout.split() if word.startswith("compute_"))
+
+
+def _architecture_reason(capability: tuple[int, int], nvcc: str) -> Optional[str]:
+    """Why `nvcc` cannot build for this GPU (CUDA 13 dropped Volta, sm_70/sm_72), or None."""
+    supported = supported_architectures(nvcc)
+    wanted = f"compute_{capability[0]}{capability[1]}"
+    if not supported or wanted in supported:
+        return None
+    return (f"{nvcc} cannot build for compute capability {capability[0]}.{capability[1]} "
+            f"(it supports {', '.join(supported)}; CUDA 13 dropped sm_70/sm_72): build with a "
+            "CUDA 12 toolkit (CUDA_HOME) or use the Triton or reference implementation")
+
+
+def _toolchain_reason() -> Optional[str]:
+    from torch.utils import cpp_extension
+
+    nvcc = _nvcc_path()
     if nvcc is None:
         return ("nvcc not found: install the CUDA toolkit and set CUDA_HOME (e.g. "
                 "CUDA_HOME=/usr/local/cuda) to build the CUDA extension")
@@ -228,7 +259,7 @@ def _load(build: bool, verbose: bool = False) -> Optional[str]:
             return ("the CUDA extension is not built yet; build it once with "
                     "`python -m lotts_kernels.cuda_build` or request it with "
                     f"LOTTS_KERNELS_IMPL=cuda (compiles into {directory})")
-        reason = _toolchain_reason()
+        reason = _toolchain_reason() or _architecture_reason(capability, _nvcc_path())
         if reason is not None:
             _failure = reason
             return reason

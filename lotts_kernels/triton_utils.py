@@ -19,6 +19,7 @@ with the import error as its reason.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import os
 import sys
 import threading
@@ -110,6 +111,10 @@ class LazyJit:
         fn = types.FunctionType(self.fn.__code__, namespace, self.fn.__name__,
                                 self.fn.__defaults__, self.fn.__closure__)
         fn.__doc__, fn.__module__ = self.fn.__doc__, self.fn.__module__
+        # FunctionType drops annotations, and Triton finds constexpr parameters by them: without
+        # this every `X: tl.constexpr` would compile as a runtime argument (the AOT test fails).
+        fn.__annotations__ = dict(self.fn.__annotations__)
+        fn.__kwdefaults__ = self.fn.__kwdefaults__
         fn.__qualname__ = self.fn.__qualname__
         jitted = triton.jit(fn, **self.jit_options)
         if self.autotune is not None:
@@ -157,6 +162,30 @@ def device_guard(tensor: torch.Tensor) -> ContextManager:
     return contextlib.nullcontext()
 
 
+@dataclass
+class Launch:
+    """One kernel launch as a launcher makes it: ``kernel[grid](*args, **kwargs)``.
+
+    Launchers build it with the tensors they would launch on and run it; the AOT checks
+    (:mod:`lotts_kernels.aot`) build it with the same code on ``meta`` tensors and compile it.
+    """
+
+    kernel: Any              # a LazyJit / JITFunction / Autotuner
+    grid: Any
+    args: tuple
+    kwargs: dict
+
+    def run(self) -> None:
+        """Launch on the first tensor argument's GPU (Triton launches on the current device)."""
+        tensor = next(a for a in self.args if hasattr(a, "device"))
+        with device_guard(tensor):
+            self.kernel[self.grid](*self.args, **self.kwargs)
+
+    def with_config(self, config: Any) -> "Launch":
+        """The launch an autotuner makes with `config` (its constexprs and num_warps/stages)."""
+        return Launch(self.kernel, self.grid, self.args, {**self.kwargs, **config.all_kwargs()})
+
+
 # ----- the Triton backend's capabilities ------------------------------------------------------
 
 def _availability(device: torch.device, dtypes: tuple[torch.dtype, ...],
@@ -188,5 +217,5 @@ def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
-__all__ = ["TRITON", "LazyJit", "cdiv", "device_guard", "interpreting", "jit", "libdevice",
+__all__ = ["TRITON", "Launch", "LazyJit", "cdiv", "device_guard", "interpreting", "jit", "libdevice",
            "missing_reason", "next_power_of_2", "tl", "triton"]

@@ -138,6 +138,8 @@ def test_import_and_launch_without_triton_knobs():
 
 
 def test_only_triton_utils_reads_triton_knobs():
+    # aot.py is the ahead-of-time compile tooling (tests, benchmarks), written against the
+    # pinned Triton's internals; nothing imports it at run time.
     readers = [p.relative_to(REPO) for p in (REPO / "lotts_kernels").rglob("*.py")
-               if "knobs" in p.read_text() and p.name != "triton_utils.py"]
+               if "knobs" in p.read_text() and p.name not in ("triton_utils.py", "aot.py")]
     assert readers == []

@@ -30,8 +30,8 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from lotts_kernels import _checks, dispatch, triton_utils
-from lotts_kernels.triton_utils import TRITON, cdiv, jit, next_power_of_2, tl
+from lotts_kernels import _checks, dispatch
+from lotts_kernels.triton_utils import TRITON, Launch, cdiv, jit, next_power_of_2, tl
 
 # Largest head dim / value dim the kernel keeps in registers; larger spills too much.
 MAX_HEAD_DIM = 256
@@ -380,27 +380,143 @@ def _attention_kernel_body(
                           num_tokens, qk_scale, HEAD_DIM, D_PAD, BLOCK_T, DOT_PRECISION)
 
 
+# ----- 4b. autotune candidates, pruned by the AOT resource table -------------------------------
+# The numbers below come from compiling every candidate ahead of time for sm_80 and sm_90
+# (lotts_kernels.aot; benchmarks/aot_resources.py writes the table in benchmarks/RESULTS.md);
+# tests/test_aot_compile.py fails if a config the pruning keeps spills or needs more shared
+# memory than estimated.
+
+# (BLOCK_M, BLOCK_N, warps, stages). BLOCK_N=32 wastes less on 77 CLIP keys; 64x32 w4 s3 is the
+# one clean fp32 (TF32) config at head dim 128 on sm_90. Each config compiles once per
+# (dtype, dims) on first use (seconds each), so the list stays short.
+CONFIG_SHAPES = ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3),
+                 (128, 32, 4, 3), (64, 32, 4, 3))
+# register_estimate up to which every candidate compiled without spills, per target; the
+# smallest estimates that spilled were 192 on sm_80 and 280 on sm_90.
+REGISTER_BUDGET = {80: 160, 90: 256}
+IEEE_SPILLS = ("fp32 with IEEE dots (no tensor cores) spills registers in every config, "
+               "even 32x32 tiles (AOT: 272 B to 69 KB of spill stores per thread on sm_80 and "
+               "sm_90); allow TF32 (torch.backends.cuda.matmul.allow_tf32 = True) to use the "
+               "Triton kernel")
+
+
 def _configs(interpreted: bool) -> list:
-    """H100-oriented candidates; one small fixed config in the interpreter (no autotuning)."""
+    """The autotune candidates; one small fixed config in the interpreter (no autotuning)."""
     from lotts_kernels.triton_utils import triton
 
     if interpreted:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-    # (BLOCK_M, BLOCK_N, warps, stages); BLOCK_N=32 wastes less on 77 CLIP keys. Each config
-    # compiles once per (dtype, dims) on first use (seconds each), so the list stays short.
-    shapes = ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3))
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w, s in shapes]
+            for m, n, w, s in CONFIG_SHAPES]
+
+
+def _tile_bytes(args: dict) -> tuple[int, int]:
+    """Bytes per element of the q/k tiles and of the v tile (propagate's maps are float32)."""
+    return args["q_ptr"].element_size(), args["v_ptr"].element_size()
+
+
+def shared_memory_estimate(config, args: dict, capability: int) -> int:
+    """Shared memory (bytes) the kernel allocates with `config` for these kernel arguments.
+
+    The Q tile, the K/V pipeline - num_stages buffers on sm_90 (wgmma reads shared memory),
+    num_stages - 1 before - on sm_8x with 32-bit (TF32) operands the P tile and the row
+    statistics, which Triton converts through shared memory, and for token maps one key tile of
+    the maps pass. Never below Triton's allocation for a config the pruning keeps (AOT, sm_80
+    and sm_90; at most one maps key tile, 2-8 KB, or 4% above it); 4-24 KB below it for some
+    16-bit sm_80 tilings that spill and are pruned anyway (benchmarks/RESULTS.md).
+    """
+    block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+    qk_bytes, v_bytes = _tile_bytes(args)
+    buffers = config.num_stages if capability >= 90 else config.num_stages - 1
+    pipeline = buffers * block_n * (args["D_PAD"] * qk_bytes + args["DV_PAD"] * v_bytes)
+    p_tile = block_m * (block_n + 2) * 4 if qk_bytes == 4 and capability < 90 else 0
+    # token maps: one BLOCK_T x D key tile, which some tilings (64x32 w4 on sm_80) add on top
+    maps_tile = args["BLOCK_T"] * args["D_PAD"] * qk_bytes if args["WITH_MAPS"] else 0
+    return block_m * args["D_PAD"] * qk_bytes + pipeline + p_tile + maps_tile
+
+
+def register_estimate(config, args: dict) -> int:
+    """32-bit registers per thread for the live tiles: the fp32 accumulator and scores, and the
+    Q, K and V operand tiles (16-bit elements pack two to a register)."""
+    block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+    qk_bytes, v_bytes = _tile_bytes(args)
+    d_pad, dv_pad = args["D_PAD"], args["DV_PAD"]
+    words = (block_m * dv_pad + block_m * block_n
+             + (block_m + block_n) * d_pad * qk_bytes // 4 + block_n * dv_pad * v_bytes // 4)
+    return words // (32 * config.num_warps)
+
+
+# Configs the register estimate keeps but the AOT compile found spilling (spill stores per
+# thread): (target, bytes per q element, D_PAD, DV_PAD, WITH_MAPS, BLOCK_M, BLOCK_N, warps,
+# stages). The estimate counts live tiles per thread; where Triton's MMA layouts replicate the K
+# and V operands across warps it undercounts, and these measured entries prune the rest.
+AOT_SPILLS = {
+    (80, 2, 128, 128, True, 64, 32, 4, 3),   # 48 B (FLUX token maps, fp16/bf16)
+    (90, 4, 64, 64, True, 128, 64, 4, 3),    # 60 B (SD2.1/SDXL token maps, TF32)
+}
+
+
+def _measured_spill(config, args: dict, capability: int) -> bool:
+    key = (90 if capability >= 90 else 80, _tile_bytes(args)[0], args["D_PAD"], args["DV_PAD"],
+           bool(args["WITH_MAPS"]), config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"],
+           config.num_warps, config.num_stages)
+    return key in AOT_SPILLS
+
+
+def config_problems(config, args: dict, capability: int, shared_limit: int) -> list[str]:
+    """Why `config` must not run with these kernel arguments on a GPU of `capability`
+    (e.g. 90) allowing `shared_limit` bytes of shared memory per block; empty: it may."""
+    problems = []
+    if args["DOT_PRECISION"] == "ieee":
+        problems.append(IEEE_SPILLS)
+    budget = REGISTER_BUDGET[90 if capability >= 90 else 80]
+    registers = register_estimate(config, args)
+    if registers > budget:
+        problems.append(f"~{registers} registers of live tiles per thread > {budget}: spills")
+    elif _measured_spill(config, args, capability):
+        problems.append("spills registers in the AOT compile (AOT_SPILLS)")
+    shared = shared_memory_estimate(config, args, capability)
+    if shared > shared_limit:
+        problems.append(f"needs ~{shared} B of shared memory > {shared_limit} B per block")
+    return problems
+
+
+def config_name(config) -> str:
+    return (f"{config.kwargs['BLOCK_M']}x{config.kwargs['BLOCK_N']} w{config.num_warps} "
+            f"s{config.num_stages}")
+
+
+def device_limits(device: torch.device) -> tuple[int, int]:
+    """(capability as 10*major+minor, opt-in shared memory per block in bytes) of a GPU."""
+    properties = torch.cuda.get_device_properties(device)
+    return properties.major * 10 + properties.minor, properties.shared_memory_per_block_optin
+
+
+def _config_reasons(args: dict) -> list[str]:
+    """Why no candidate config can run these kernel arguments on their GPU (empty: one can)."""
+    tensor = args["q_ptr"]
+    if tensor.device.type != "cuda":
+        return []  # the interpreter has neither registers nor shared memory to run out of
+    capability, shared_limit = device_limits(tensor.device)
+    report = {config_name(c): config_problems(c, args, capability, shared_limit)
+              for c in _configs(False)}
+    if any(not problems for problems in report.values()):
+        return []
+    if all(IEEE_SPILLS in problems for problems in report.values()):
+        return [IEEE_SPILLS]
+    details = "; ".join(f"{name}: {', '.join(problems)}" for name, problems in report.items())
+    return [f"no autotune config fits sm_{capability} with head dim {args['HEAD_DIM']}, value "
+            f"dim {args['VALUE_DIM']} in {tensor.dtype} ({details})"]
 
 
 def _prune_configs(configs: list, named_args: dict, **kwargs) -> list:
-    """Wide heads (padded dim 256) keep only tiles whose K/V pipeline fits shared memory."""
+    """The configs this GPU can run spill-free (the launchers refused the call if none)."""
     args = {**named_args, **kwargs}
-    widest = max(args["D_PAD"], args["DV_PAD"])
-    if widest < 256:
-        return configs
-    small = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
-    return small or configs[-1:]
+    capability, shared_limit = device_limits(args["q_ptr"].device)
+    kept = [c for c in configs if not config_problems(c, args, capability, shared_limit)]
+    if not kept:
+        raise ValueError("; ".join(_config_reasons(args)))
+    return kept
 
 
 def _autotune(interpreted: bool) -> dict:
@@ -425,8 +541,12 @@ def _unit_last_stride(x: torch.Tensor) -> torch.Tensor:
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
-    """fp32 must ask for IEEE (NVIDIA uses TF32 otherwise); fp16/bf16 use tensor cores anyway."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """fp16/bf16 use tensor cores anyway. fp32 uses TF32 tensor cores only where the user allowed
+    TF32 for fp32 matmuls (``torch.backends.cuda.matmul.allow_tf32``, which PyTorch's own fp32
+    matmuls follow); else IEEE, which no config runs without spilling (see IEEE_SPILLS)."""
+    if dtype != torch.float32:
+        return "tf32"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 def _head_dim_reasons(q: torch.Tensor) -> list[str]:
@@ -446,12 +566,20 @@ def _raise_if(reasons: list[str]) -> None:
         raise ValueError("; ".join(reasons))
 
 
+def _constexprs(q: torch.Tensor, value_dim: int, num_tokens: Optional[int]) -> dict:
+    """The kernel's constexprs for these inputs (num_tokens None: propagate, no token maps)."""
+    head_dim = q.shape[-1]
+    return dict(HEAD_DIM=head_dim, D_PAD=_pow2_at_least(head_dim), VALUE_DIM=value_dim,
+                DV_PAD=_pow2_at_least(value_dim),
+                BLOCK_T=min(MAX_TOKEN_CHUNK, _pow2_at_least(num_tokens or 0)),
+                WITH_MAPS=num_tokens is not None, DOT_PRECISION=_dot_precision(q.dtype))
+
+
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, v_strides: tuple[int, int, int],
             out: torch.Tensor, scale: float, token_index: Optional[torch.Tensor] = None,
-            maps: Optional[torch.Tensor] = None) -> None:
-    """Run the kernel; q, k, v rows dense; v_strides = (batch, head, key) strides of v."""
-    batch, heads, num_queries, head_dim = q.shape
-    value_dim = out.shape[-1]
+            maps: Optional[torch.Tensor] = None) -> Launch:
+    """The kernel launch; q, k, v rows dense; v_strides = (batch, head, key) strides of v."""
+    batch, heads, num_queries, _ = q.shape
     with_maps = token_index is not None and maps is not None
     if token_index is not None and maps is not None:
         index, maps_buffer, num_tokens = token_index, maps, token_index.shape[1]
@@ -461,18 +589,13 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, v_strides: tuple[
     def grid(meta: dict) -> tuple[int, int]:
         return cdiv(num_queries, meta["BLOCK_M"]), batch * heads
 
-    with triton_utils.device_guard(q):  # Triton launches on the current device
-        _attention_kernel[grid](
-            q, k, v, out, index, maps_buffer,
+    args = (q, k, v, out, index, maps_buffer,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             *v_strides, out.stride(0), out.stride(1), out.stride(2),
             index.stride(0), maps_buffer.stride(0), maps_buffer.stride(1), maps_buffer.stride(2),
-            heads, num_queries, k.shape[2], num_tokens, scale * LOG2E,
-            HEAD_DIM=head_dim, D_PAD=_pow2_at_least(head_dim),
-            VALUE_DIM=value_dim, DV_PAD=_pow2_at_least(value_dim),
-            BLOCK_T=min(MAX_TOKEN_CHUNK, _pow2_at_least(num_tokens)), WITH_MAPS=with_maps,
-            DOT_PRECISION=_dot_precision(q.dtype),
-        )
+            heads, num_queries, k.shape[2], num_tokens, scale * LOG2E)
+    return Launch(_attention_kernel, grid, args,
+                  _constexprs(q, out.shape[-1], num_tokens if with_maps else None))
 
 
 def attention_with_token_maps_limits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -482,7 +605,27 @@ def attention_with_token_maps_limits(q: torch.Tensor, k: torch.Tensor, v: torch.
     if v.shape[-1] > MAX_HEAD_DIM:
         reasons.append(f"value dim {v.shape[-1]} exceeds the Triton kernel's maximum of "
                        f"{MAX_HEAD_DIM}")
-    return reasons + _head_dim_reasons(q)
+    reasons += _head_dim_reasons(q)
+    if reasons:
+        return reasons
+    return _config_reasons({"q_ptr": q, "v_ptr": v,
+                            **_constexprs(q, v.shape[-1], token_index.shape[-1])})
+
+
+def token_maps_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      token_index: torch.Tensor, scale: float
+                      ) -> tuple[Launch, torch.Tensor, torch.Tensor]:
+    """(launch, out, per-head maps) of :func:`attention_with_token_maps_triton` (inputs checked;
+    also what the AOT compile checks build, on ``meta`` tensors)."""
+    q, k, v = (_unit_last_stride(x) for x in (q, k, v))
+    batch, heads, num_queries, _ = q.shape
+    rows = token_index.expand(batch, token_index.shape[-1]).contiguous()
+    out = torch.empty(batch, heads, num_queries, v.shape[-1], dtype=q.dtype, device=q.device)
+    per_head = torch.empty(batch, heads, num_queries, rows.shape[1], dtype=torch.float32,
+                           device=q.device)
+    launch = _launch(q, k, v, (v.stride(0), v.stride(1), v.stride(2)), out, scale, rows,
+                     per_head)
+    return launch, out, per_head
 
 
 def attention_with_token_maps_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -491,13 +634,8 @@ def attention_with_token_maps_triton(q: torch.Tensor, k: torch.Tensor, v: torch.
     """SDPA output (q's dtype, (B,H,Lq,Dv)) and head-mean probabilities of `token_index` keys
     (float32 (B,Lq,T)), in one flash pass; never allocates (B,H,Lq,Lk)."""
     _raise_if(attention_with_token_maps_limits(q, k, v, token_index, scale))
-    q, k, v = (_unit_last_stride(x) for x in (q, k, v))
-    batch, heads, num_queries, _ = q.shape
-    rows = token_index.expand(batch, token_index.shape[-1]).contiguous()
-    out = torch.empty(batch, heads, num_queries, v.shape[-1], dtype=q.dtype, device=q.device)
-    per_head = torch.empty(batch, heads, num_queries, rows.shape[1], dtype=torch.float32,
-                           device=q.device)
-    _launch(q, k, v, (v.stride(0), v.stride(1), v.stride(2)), out, scale, rows, per_head)
+    launch, out, per_head = token_maps_launch(q, k, v, token_index, scale)
+    launch.run()
     return out, per_head.mean(dim=1)
 
 
@@ -508,7 +646,21 @@ def attention_propagate_limits(q: torch.Tensor, k: torch.Tensor, maps: torch.Ten
     if maps.shape[-1] > MAX_MAP_CHANNELS:
         reasons.append(f"maps have {maps.shape[-1]} channels; the Triton kernel takes at most "
                        f"{MAX_MAP_CHANNELS}")
-    return reasons + _head_dim_reasons(q)
+    reasons += _head_dim_reasons(q)
+    if reasons:
+        return reasons
+    return _config_reasons({"q_ptr": q, "v_ptr": maps,
+                            **_constexprs(q, maps.shape[-1], None)})
+
+
+def propagate_launch(q: torch.Tensor, k: torch.Tensor, maps: torch.Tensor,
+                     scale: float) -> tuple[Launch, torch.Tensor]:
+    """(launch, per-head output) of :func:`attention_propagate_triton` (inputs checked)."""
+    q, k, maps = (_unit_last_stride(x) for x in (q, k, maps))
+    batch, heads, num_queries, _ = q.shape
+    per_head = torch.empty(batch, heads, num_queries, maps.shape[-1], dtype=torch.float32,
+                           device=q.device)
+    return _launch(q, k, maps, (maps.stride(0), 0, maps.stride(1)), per_head, scale), per_head
 
 
 def attention_propagate_triton(q: torch.Tensor, k: torch.Tensor, maps: torch.Tensor,
@@ -519,11 +671,8 @@ def attention_propagate_triton(q: torch.Tensor, k: torch.Tensor, maps: torch.Ten
     rounded to q's dtype for the tensor-core product, like the probabilities (fp32 accumulate).
     """
     _raise_if(attention_propagate_limits(q, k, maps, scale))
-    q, k, maps = (_unit_last_stride(x) for x in (q, k, maps))
-    batch, heads, num_queries, _ = q.shape
-    per_head = torch.empty(batch, heads, num_queries, maps.shape[-1], dtype=torch.float32,
-                           device=q.device)
-    _launch(q, k, maps, (maps.stride(0), 0, maps.stride(1)), per_head, scale)
+    launch, per_head = propagate_launch(q, k, maps, scale)
+    launch.run()
     return per_head.mean(dim=1)
 
 

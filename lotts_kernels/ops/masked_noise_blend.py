@@ -29,10 +29,10 @@ from typing import Optional, Union
 
 import torch
 
-from lotts_kernels import _checks, cuda_build, dispatch, philox, triton_utils
+from lotts_kernels import _checks, cuda_build, dispatch, philox
 from lotts_kernels.ops import masked_noise_blend_layout as blend_layout
 from lotts_kernels.philox import philox_normal_triton
-from lotts_kernels.triton_utils import TRITON, cdiv, interpreting, jit, libdevice, tl
+from lotts_kernels.triton_utils import TRITON, Launch, cdiv, interpreting, jit, libdevice, tl
 
 Number = Union[int, float]
 
@@ -364,9 +364,19 @@ def masked_noise_blend_triton(
     invert: bool,
 ) -> torch.Tensor:
     """Same contract as :func:`masked_noise_blend_ref`."""
+    if x0.numel() == 0:
+        return torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
+    launch, out = masked_noise_blend_launch(x0, other, mask, alpha, alpha_value, sigma,
+                                            sigma_value, noise, seed, seeds, invert)
+    launch.run()
+    return out
+
+
+def masked_noise_blend_launch(x0, other, mask, alpha, alpha_value, sigma, sigma_value, noise,
+                              seed, seeds, invert) -> tuple[Launch, torch.Tensor]:
+    """(launch, out) of :func:`masked_noise_blend_triton` for a non-empty x0 (also what the AOT
+    compile checks build, on ``meta`` tensors)."""
     out = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
-    if out.numel() == 0:
-        return out
     kmask = blend_layout.kernel_mask(mask, (torch.float32, torch.float16, torch.bfloat16))
     lay = blend_layout.layout(x0.shape, kmask)
     if lay is None:
@@ -388,21 +398,19 @@ def masked_noise_blend_triton(
     _, D1, D2, D3 = lay.dims
     s0, s1, s2, s3 = lay.mask_strides
     grid = (cdiv(lay.numel, block),)
-    with triton_utils.device_guard(x0):  # Triton launches on the current device
-        _BLEND[grid](
-            x0c, otherc, out, kmask,
+    args = (x0c, otherc, out, kmask,
             noise if noise is not None else x0c,
             alpha if alpha is not None else x0c,
             sigma if sigma is not None else x0c,
             seeds if seeds is not None else x0c,
             float(alpha_value), float(sigma_value), seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF,
-            lay.numel, lay.per_batch, D1, D2, D3, s0, s1, s2, s3, lay.factors[0], lay.factors[1],
-            NDIM=lay.ndim, UPSAMPLE=lay.upsample, INVERT=bool(invert),
-            ALPHA_TENSOR=alpha is not None, SIGMA_TENSOR=sigma is not None, NOISE=mode,
-            INT64=int64, PRECISE=(libdevice is not None and not interpreting()), BLOCK=block,
-            num_warps=NUM_WARPS, enable_fp_fusion=False,
-        )
-    return out
+            lay.numel, lay.per_batch, D1, D2, D3, s0, s1, s2, s3, lay.factors[0],
+            lay.factors[1])
+    kwargs = dict(NDIM=lay.ndim, UPSAMPLE=lay.upsample, INVERT=bool(invert),
+                  ALPHA_TENSOR=alpha is not None, SIGMA_TENSOR=sigma is not None, NOISE=mode,
+                  INT64=int64, PRECISE=(libdevice is not None and not interpreting()),
+                  BLOCK=block, num_warps=NUM_WARPS, enable_fp_fusion=False)
+    return Launch(_BLEND, grid, args, kwargs), out
 
 
 def philox_normal_triton_eps(seed: int, numel: int, device) -> torch.Tensor:

@@ -27,16 +27,17 @@ from typing import Optional
 
 import torch
 
-from lotts_kernels import _checks, cuda_build, dispatch, triton_utils
-from lotts_kernels.triton_utils import TRITON, jit, next_power_of_2, tl
+from lotts_kernels import _checks, cuda_build, dispatch
+from lotts_kernels.triton_utils import TRITON, Launch, jit, next_power_of_2, tl
 
 # Rows up to this many positions stay in registers; longer ones are processed in chunks.
 SINGLE_BLOCK_MAX = 16384
 CHUNK_BLOCK = 4096
 # Largest row this kernel accepts (the int32 arithmetic and per-row loops are sized for it).
 MAX_N = 2**24
-# Largest row the CUDA kernel accepts.
-MAX_CUDA_N = 2**31 - 2
+# Largest row the CUDA kernel accepts: LOTTS_QUALITY_MASK_MAX_N in csrc/lotts_kernels.h (its int
+# loop counters step by up to 1024 threads and must not pass INT32_MAX).
+MAX_CUDA_N = 2**31 - 1024
 
 
 # ----- 1. public function and argument checks -------------------------------------------------
@@ -260,27 +261,33 @@ def _config(n: int, single_block_max: int) -> tuple[bool, int, int]:
     return False, min(CHUNK_BLOCK, next_power_of_2(single_block_max)), 8
 
 
-def quality_mask_triton(
-    diff: torch.Tensor, orig: torch.Tensor, lam: float, ratio: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as :func:`quality_mask_ref`."""
+def quality_mask_launch(diff: torch.Tensor, orig: torch.Tensor, lam: float, ratio: float
+                        ) -> tuple[Launch, torch.Tensor, torch.Tensor]:
+    """(launch, heat, mask) of :func:`quality_mask_triton` for B >= 1 rows (also what the AOT
+    compile checks build, on ``meta`` tensors)."""
     batch, n = diff.shape
     heat = torch.empty(batch, n, dtype=torch.float32, device=diff.device)
     mask = torch.empty(batch, n, dtype=torch.bool, device=diff.device)
-    if batch == 0:
-        return heat, mask
     if diff.stride(1) != 1:
         diff = diff.contiguous()
     if orig.stride(1) != 1:
         orig = orig.contiguous()
-    k = num_selected(ratio, n)
     single, block, num_warps = _config(n, SINGLE_BLOCK_MAX)
-    with triton_utils.device_guard(diff):  # Triton launches on the current device
-        _QUALITY_MASK[(batch,)](
-            diff, orig, heat, mask.view(torch.uint8), n, diff.stride(0), orig.stride(0),
-            float(lam), k, SINGLE=single, BLOCK=block, num_warps=num_warps,
-            enable_fp_fusion=False,
-        )
+    args = (diff, orig, heat, mask.view(torch.uint8), n, diff.stride(0), orig.stride(0),
+            float(lam), num_selected(ratio, n))
+    kwargs = dict(SINGLE=single, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False)
+    return Launch(_QUALITY_MASK, (batch,), args, kwargs), heat, mask
+
+
+def quality_mask_triton(
+    diff: torch.Tensor, orig: torch.Tensor, lam: float, ratio: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`quality_mask_ref`."""
+    if diff.shape[0] == 0:
+        return (torch.empty(diff.shape, dtype=torch.float32, device=diff.device),
+                torch.empty(diff.shape, dtype=torch.bool, device=diff.device))
+    launch, heat, mask = quality_mask_launch(diff, orig, lam, ratio)
+    launch.run()
     return heat, mask
 
 
