@@ -25,9 +25,10 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from lotts_kernels.triton_utils import Launch
 
@@ -77,7 +78,7 @@ def jit_function(launch: Launch) -> Any:
     return kernel
 
 
-def target(capability: int) -> "GPUTarget":
+def target(capability: int) -> GPUTarget:
     from triton.backends.compiler import GPUTarget
 
     return GPUTarget("cuda", capability, 32)
@@ -141,7 +142,7 @@ def parse_ptxas(log: str) -> dict[str, dict[str, int]]:
     return entries
 
 
-def specialize(launch: Launch, gpu: "GPUTarget") -> tuple["ASTSource", dict]:
+def specialize(launch: Launch, gpu: GPUTarget) -> tuple[ASTSource, dict]:
     """The (source, options) ``kernel[grid](*args, **kwargs)`` would compile for `gpu`.
 
     Mirrors ``JITFunction.run``: its default options, its binder (argument specialization:
@@ -165,7 +166,7 @@ def specialize(launch: Launch, gpu: "GPUTarget") -> tuple["ASTSource", dict]:
     return ASTSource(jit, signature, constexprs, attrs), options.__dict__
 
 
-def _compile_logged(source: "ASTSource", gpu: "GPUTarget", options: dict):
+def _compile_logged(source: ASTSource, gpu: GPUTarget, options: dict):
     """triton.compile with ptxas's -v log captured (printed by Triton only on a fresh compile)."""
     import triton
     from triton import knobs
@@ -285,7 +286,7 @@ def nvcc_command(source: Path, capability: int, output: Path) -> list[str]:
             "-Xptxas", "-v"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _nvcc_log(command: tuple[str, ...], sources_digest: str) -> str:
     """ptxas -v log of one nvcc command, cached next to Triton's cache by sources and flags."""
     key = hashlib.sha256(repr((command[1:], sources_digest)).encode()).hexdigest()[:24]

@@ -140,7 +140,7 @@ def _nvcc_path() -> Optional[str]:
     return str(candidate) if candidate.exists() else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def supported_architectures(nvcc: str) -> tuple[str, ...]:
     """The virtual architectures (compute_XY) this nvcc can build, from ``--list-gpu-arch``;
     empty if it cannot say (nvcc before CUDA 11)."""

@@ -19,13 +19,13 @@ with the import error as its reason.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 import os
 import sys
 import threading
 import types
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager as ContextManager
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -181,7 +181,7 @@ class Launch:
         with device_guard(tensor):
             self.kernel[self.grid](*self.args, **self.kwargs)
 
-    def with_config(self, config: Any) -> "Launch":
+    def with_config(self, config: Any) -> Launch:
         """The launch an autotuner makes with `config` (its constexprs and num_warps/stages)."""
         return Launch(self.kernel, self.grid, self.args, {**self.kwargs, **config.all_kwargs()})
 
