@@ -124,17 +124,22 @@ def tables(result: dict, rows_path: str = "") -> str:
     return "\n".join(lines)
 
 
-def write_results_md(text: str) -> None:
+def write_results_block(begin: str, end: str, text: str) -> None:
+    """Put `text` between the `begin` and `end` markers of RESULTS.md (appended if absent)."""
     path = HERE / "RESULTS.md"
     body = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = (f"{BEGIN}\n## Miniature world (`benchmarks/world_eval.py`)\n\n"
-             "Command: `python benchmarks/world_eval.py`; fixed inputs in "
-             "`lotts/world/assets/world_eval_spec.json`.\n\n" + text + f"\n{END}")
-    if BEGIN in body and END in body:
-        body = body[: body.index(BEGIN)] + block + body[body.index(END) + len(END):]
+    block = f"{begin}\n{text}\n{end}"
+    if begin in body and end in body:
+        body = body[: body.index(begin)] + block + body[body.index(end) + len(end):]
     else:
         body = body.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(body)
+
+
+def write_results_md(text: str) -> None:
+    write_results_block(BEGIN, END, "## Miniature world (`benchmarks/world_eval.py`)\n\n"
+                        "Command: `python benchmarks/world_eval.py`; fixed inputs in "
+                        "`lotts/world/assets/world_eval_spec.json`.\n\n" + text)
 
 
 def main(argv=None) -> int:

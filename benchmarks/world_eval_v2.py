@@ -225,17 +225,13 @@ def meta_info(seconds: dict, processes: int) -> dict:
 
 
 def write_results_md(text: str) -> None:
-    path = HERE / "RESULTS.md"
-    body = path.read_text()
-    block = (f"{BEGIN}\n## Miniature world, evaluation v2 (`benchmarks/world_eval_v2.py`)\n\n"
-             "Fixed inputs in `benchmarks/world_eval_spec_v2.json` (committed before any result on "
-             "it). Per-prompt rows: `benchmarks/world_eval_rows/world_eval_v2.json`.\n\n"
-             + text + f"\n{END}")
-    if BEGIN in body and END in body:
-        body = body[: body.index(BEGIN)] + block + body[body.index(END) + len(END):]
-    else:
-        body = body.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(body)
+    from benchmarks.world_eval import write_results_block
+
+    write_results_block(BEGIN, END,
+                        "## Miniature world, evaluation v2 (`benchmarks/world_eval_v2.py`)\n\n"
+                        "Fixed inputs in `benchmarks/world_eval_spec_v2.json` (committed before any "
+                        "result on it). Per-prompt rows: "
+                        "`benchmarks/world_eval_rows/world_eval_v2.json`.\n\n" + text)
 
 
 def main(argv=None) -> int:

@@ -157,6 +157,17 @@ def generate(pipe, prompt: str, seed: int, **pipe_kwargs) -> Image.Image:
     return pipe(prompt, generator=generator, **pipe_kwargs).images[0]
 
 
+def planted_case(pipe, case: dict, pipe_kwargs: dict) -> tuple[Any, Image.Image, Any]:
+    """(scene, damaged image, defect) of one planted case: a clean generation of the case's
+    scene with the case's defect planted in it."""
+    scene = scenes.sample_scene(np.random.default_rng(case["scene_seed"]))
+    clean = generate(pipe, scenes.HIGH_QUALITY.format(scene.caption), case["generation_seed"],
+                     **pipe_kwargs)
+    damaged, defect = scenes.plant_defect(np.asarray(clean.convert("RGB")), scene,
+                                          np.random.default_rng(case["defect_seed"]), case["kind"])
+    return scene, Image.fromarray(damaged), defect
+
+
 def localization_eval(pipe, cases: list[dict], pipe_kwargs: dict, random_mask_seed: int,
                       config: Any = None) -> dict:
     """Plant a defect in clean generated scenes and score each variant's heatmap against it."""
@@ -165,14 +176,8 @@ def localization_eval(pipe, cases: list[dict], pipe_kwargs: dict, random_mask_se
     rows = []
     t0 = time.perf_counter()
     for i, case in enumerate(cases):
-        scene = scenes.sample_scene(np.random.default_rng(case["scene_seed"]))
-        clean = generate(pipe, scenes.HIGH_QUALITY.format(scene.caption), case["generation_seed"],
-                         **pipe_kwargs)
-        damaged, defect = scenes.plant_defect(np.asarray(clean.convert("RGB")), scene,
-                                              np.random.default_rng(case["defect_seed"]),
-                                              case["kind"])
-        heat = localizer(Image.fromarray(damaged), scene.caption, case["generation_seed"],
-                         random_mask_seed + i)
+        scene, damaged, defect = planted_case(pipe, case, pipe_kwargs)
+        heat = localizer(damaged, scene.caption, case["generation_seed"], random_mask_seed + i)
         grid = heat["full"].shape
         truth = region_to_grid(defect.region, grid)
         n = heat["full"].size

@@ -19,10 +19,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from lotts.world import scenes
-from lotts.world.evaluate import Localizer, auroc, generate, iou, region_to_grid, top_mask
+from lotts.world.evaluate import (
+    Localizer,
+    auroc,
+    iou,
+    planted_case,
+    region_to_grid,
+    top_mask,
+)
 
 AUROC_SOURCES = ("attention", "verifier_gradient", "verifier_occlusion", "attention+verifier",
                  "random")
@@ -72,13 +78,7 @@ def planted_eval(pipe, cases: list[dict], pipe_kwargs: dict, select: Any, random
     scorer = pixel_scorer(select)
     rows = []
     for i, case in enumerate(cases):
-        scene = scenes.sample_scene(np.random.default_rng(case["scene_seed"]))
-        clean = generate(pipe, scenes.HIGH_QUALITY.format(scene.caption), case["generation_seed"],
-                         **pipe_kwargs)
-        damaged, defect = scenes.plant_defect(np.asarray(clean.convert("RGB")), scene,
-                                              np.random.default_rng(case["defect_seed"]),
-                                              case["kind"])
-        image = Image.fromarray(damaged)
+        scene, image, defect = planted_case(pipe, case, pipe_kwargs)
         heat = localizer(image, scene.caption, case["generation_seed"], random_seed + i)
         grid = heat["full"].shape
         grad = gradient_saliency(scorer, [image], [scene.caption], grid)[0]
