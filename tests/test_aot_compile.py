@@ -139,6 +139,19 @@ class _CudaLooking(torch.Tensor):
         return torch.device("cuda", 0)
 
 
+@pytest.fixture
+def allow_tf32():
+    """Set ``torch.backends.cuda.matmul.allow_tf32`` for one test and restore it. Not through
+    monkeypatch: the flag lives in torch's C state behind ``__getattr__``, so pytest >= 9.2 finds
+    no attribute to restore and tries to delete it."""
+    before = torch.backends.cuda.matmul.allow_tf32
+
+    def set_flag(value: bool) -> None:
+        torch.backends.cuda.matmul.allow_tf32 = value
+    yield set_flag
+    torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def _token_maps_args(make, head_dim: int, dtype=torch.float32):
     q = make(1, 2, 300, head_dim, dtype=dtype)
     kv = make(1, 2, 77, head_dim, dtype=dtype)
@@ -147,10 +160,10 @@ def _token_maps_args(make, head_dim: int, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("head_dim", [129, 200, 256])
-def test_fp32_wide_heads_are_refused_for_shared_memory_on_sm90(fake_h100, monkeypatch,
+def test_fp32_wide_heads_are_refused_for_shared_memory_on_sm90(fake_h100, allow_tf32,
                                                                head_dim):
     # Before the fix the pruning kept 64x64 w4 s3 and 128x32 w4 s3 here (~464 and ~336 KB).
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    allow_tf32(True)
     args = _token_maps_args(fake_h100, head_dim)
     reasons = attention.attention_with_token_maps_limits(*args)
     assert len(reasons) == 1 and "no autotune config fits sm_90" in reasons[0], reasons
@@ -161,8 +174,8 @@ def test_fp32_wide_heads_are_refused_for_shared_memory_on_sm90(fake_h100, monkey
         attention._prune_configs(attention._configs(False), kernel_args)
 
 
-def test_fp32_ieee_is_refused_with_the_reason(fake_h100, monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+def test_fp32_ieee_is_refused_with_the_reason(fake_h100, allow_tf32):
+    allow_tf32(False)
     reasons = attention.attention_with_token_maps_limits(*_token_maps_args(fake_h100, 64))
     assert reasons == [attention.IEEE_SPILLS]
     q = fake_h100(1, 2, 300, 64, dtype=torch.float32)
@@ -170,17 +183,17 @@ def test_fp32_ieee_is_refused_with_the_reason(fake_h100, monkeypatch):
     assert attention.attention_propagate_limits(q, q, maps, 0.125) == [attention.IEEE_SPILLS]
 
 
-def test_16_bit_and_tf32_at_backbone_head_dims_are_accepted(fake_h100, monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+def test_16_bit_and_tf32_at_backbone_head_dims_are_accepted(fake_h100, allow_tf32):
+    allow_tf32(True)
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         for head_dim in (64, 128):
             args = _token_maps_args(fake_h100, head_dim, dtype)
             assert attention.attention_with_token_maps_limits(*args) == [], (dtype, head_dim)
 
 
-def test_refused_triton_call_falls_back_to_the_reference(fake_h100, monkeypatch):
+def test_refused_triton_call_falls_back_to_the_reference(fake_h100, allow_tf32):
     """Automatic dispatch skips Triton with the pruning's reason (explain lists it)."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    allow_tf32(False)
     implementation = dispatch.registered("attention_with_token_maps")["triton"]
     reasons = implementation.limits(*_token_maps_args(fake_h100, 64))
     assert reasons == [attention.IEEE_SPILLS]
@@ -192,10 +205,10 @@ def test_shared_memory_limits_are_the_cuda_guide_numbers():
     assert aot.SHARED_MEMORY_PER_BLOCK[90] == 232448
 
 
-def test_explain_names_the_pruning_reason_and_picks_the_reference(fake_h100, monkeypatch):
+def test_explain_names_the_pruning_reason_and_picks_the_reference(fake_h100, allow_tf32):
     import lotts_kernels
 
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    allow_tf32(True)
     q, k, v, _, scale = _token_maps_args(fake_h100, 200)
     index = fake_h100(4, dtype=torch.int64)
     explanation = lotts_kernels.explain("attention_with_token_maps", q, k, v, index, scale)
