@@ -24,16 +24,9 @@ SCENE_SEED, GENERATION_SEED, DEFECT_SEED = 910000, 91000, 95000
 
 
 def dev_cases(count: int) -> list[dict]:
-    import numpy as np
+    from lotts.world.evaluate import planted_cases
 
-    from lotts.world import scenes
-    cases = []
-    for i in range(count):
-        scene = scenes.sample_scene(np.random.default_rng(SCENE_SEED + i))
-        cases.append({"scene_seed": SCENE_SEED + i, "caption": scene.caption,
-                      "generation_seed": GENERATION_SEED + i, "defect_seed": DEFECT_SEED + i,
-                      "kind": scenes.DEFECT_KINDS[i % len(scenes.DEFECT_KINDS)]})
-    return cases
+    return planted_cases(SCENE_SEED, GENERATION_SEED, DEFECT_SEED, count)
 
 
 def main(argv: list[str] | None = None) -> int:

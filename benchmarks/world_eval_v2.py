@@ -41,7 +41,8 @@ SEEDS = {"spec": {"scene": 740000, "prompt": 30000, "planted_scene": 750000,
 
 def build_spec(which: str, repair_prompts: int, scaling_prompts: int, planted: int,
                methods: dict, lotts_base: dict) -> dict:
-    from lotts.world.evaluate_v2 import planted_cases, prompts_from
+    from lotts.world.evaluate import planted_cases
+    from lotts.world.evaluate_v2 import prompts_from
     s = SEEDS[which]
     return {
         "_doc": ("Fixed inputs of benchmarks/world_eval_v2.py, written and committed before any "

@@ -157,6 +157,17 @@ def generate(pipe, prompt: str, seed: int, **pipe_kwargs) -> Image.Image:
     return pipe(prompt, generator=generator, **pipe_kwargs).images[0]
 
 
+def planted_cases(scene_seed: int, generation_seed: int, defect_seed: int, count: int) -> list[dict]:
+    """`count` planted-defect cases from consecutive seeds, cycling through the defect kinds."""
+    cases = []
+    for i in range(count):
+        scene = scenes.sample_scene(np.random.default_rng(scene_seed + i))
+        cases.append({"scene_seed": scene_seed + i, "caption": scene.caption,
+                      "generation_seed": generation_seed + i, "defect_seed": defect_seed + i,
+                      "kind": scenes.DEFECT_KINDS[i % len(scenes.DEFECT_KINDS)]})
+    return cases
+
+
 def planted_case(pipe, case: dict, pipe_kwargs: dict) -> tuple[Any, Image.Image, Any]:
     """(scene, damaged image, defect) of one planted case: a clean generation of the case's
     scene with the case's defect planted in it."""

@@ -41,16 +41,6 @@ def prompts_from(scene_seed: int, seed: int, count: int, seed_stride: int = 100)
              "seed": seed + seed_stride * i} for i in range(count)]
 
 
-def planted_cases(scene_seed: int, generation_seed: int, defect_seed: int, count: int) -> list[dict]:
-    cases = []
-    for i in range(count):
-        scene = scenes.sample_scene(np.random.default_rng(scene_seed + i))
-        cases.append({"scene_seed": scene_seed + i, "caption": scene.caption,
-                      "generation_seed": generation_seed + i, "defect_seed": defect_seed + i,
-                      "kind": scenes.DEFECT_KINDS[i % len(scenes.DEFECT_KINDS)]})
-    return cases
-
-
 # ----- statistics ----------------------------------------------------------------------------
 def bootstrap_ci(groups: Sequence[np.ndarray], statistic, reps: int, seed: int
                  ) -> tuple[float, float, float]:
