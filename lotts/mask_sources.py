@@ -40,6 +40,7 @@ from lotts.config import (
 from lotts.localization import Localization, localize
 from lotts.verifiers import check_scores
 from lotts_kernels import quality_mask
+from lotts_kernels.ops.quality_mask import min_max_normalize
 
 __all__ = ["MASK_COMBINES", "MASK_SOURCES", "SALIENCY_METHODS", "MaskInputs", "combine",
            "gradient_saliency", "localization_nfe", "localize_with_source", "occlusion_saliency",
@@ -58,10 +59,8 @@ def top_r_mask(heat: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 def normalized(heat: torch.Tensor) -> torch.Tensor:
-    """Per-image min-max to [0, 1] (a constant map becomes 0)."""
-    flat = heat.reshape(heat.shape[0], -1).float()
-    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
-    return ((flat - low) / (high - low).clamp_min(1e-12)).view_as(heat)
+    """Per-image min-max to [0, 1] (a constant map becomes 0): eq. (3)'s normalization."""
+    return min_max_normalize(heat.reshape(heat.shape[0], -1)).view_as(heat)
 
 
 def combine(attention: torch.Tensor, evidence: torch.Tensor, how: str = "sum") -> torch.Tensor:
